@@ -1,0 +1,53 @@
+// Diffusers' image postprocess as graph nodes appended to a decoder:
+// image = round(clamp(sample / 2 + 0.5, 0, 1) * 255) as uint8, NCHW → NHWC.
+// ONNX Runtime then returns finished pixels (a quarter of float32's bytes, no JavaScript
+// pixel loop); the float `sample` output stays available for output_type=pt.
+import { DataType, GraphBuilder, attr, decodeModel, encodeModel, onnx, type ModelProto } from './onnx-graph.js';
+
+export const IMAGE_OUTPUT = 'image';
+const MIN_OPSET = 11; // Round and Clip-with-inputs
+
+export interface DecoderIo {
+  input: string;
+  output: string;
+}
+
+/** Returns the model with an extra uint8 NHWC output `image`; a model that has one is returned as is. */
+export function withPostprocess(modelBytes: Uint8Array): { bytes: Uint8Array; io: DecoderIo } {
+  const model: ModelProto = decodeModel(modelBytes);
+  const graph = model.graph;
+  if (!graph || graph.input.length === 0 || graph.output.length === 0) {
+    throw new Error('the ONNX file has no graph inputs or outputs');
+  }
+  const initNames = new Set(graph.initializer.map((t) => t.name));
+  const input = graph.input.find((i) => !initNames.has(i.name ?? ''))?.name ?? graph.input[0]!.name!;
+  if (graph.output.some((o) => o.name === IMAGE_OUTPUT)) {
+    const output = graph.output.find((o) => o.name !== IMAGE_OUTPUT)?.name ?? IMAGE_OUTPUT;
+    return { bytes: modelBytes, io: { input, output } };
+  }
+  const sample = graph.output[0]!;
+  const opset = model.opsetImport.find((o) => !o.domain || o.domain === 'ai.onnx')?.version;
+  if (opset === undefined || Number(opset) < MIN_OPSET) {
+    throw new Error(`the decoder uses opset ${String(opset)}; in-graph postprocessing needs opset ${MIN_OPSET} or later (re-export it with a newer opset)`);
+  }
+  const g = new GraphBuilder('postprocess', 'pp_');
+  let x = sample.name!;
+  if (sample.type?.tensorType?.elemType !== DataType.FLOAT) x = g.node('Cast', [x], { to: attr.i(DataType.FLOAT) });
+  x = g.node('Mul', [x, g.scalar('half', 0.5)]);
+  x = g.node('Add', [x, g.scalar('offset', 0.5)]);
+  x = g.node('Clip', [x, g.scalar('zero', 0), g.scalar('one', 1)]);
+  x = g.node('Mul', [x, g.scalar('levels', 255)]);
+  x = g.node('Round', [x]);
+  x = g.node('Cast', [x], { to: attr.i(DataType.UINT8) });
+  g.node('Transpose', [x], { perm: attr.ints([0, 2, 3, 1]) }, IMAGE_OUTPUT);
+
+  const dims = sample.type?.tensorType?.shape?.dim ?? [];
+  const nhwc = dims.length === 4 ? [dims[0]!, dims[2]!, dims[3]!, dims[1]!] : [];
+  graph.node.push(...g.nodes);
+  graph.initializer.push(...g.initializers);
+  graph.output.push(onnx.ValueInfoProto.create({
+    name: IMAGE_OUTPUT,
+    type: { tensorType: { elemType: DataType.UINT8, shape: nhwc.length ? { dim: nhwc } : null } },
+  }));
+  return { bytes: encodeModel(model), io: { input, output: sample.name! } };
+}
