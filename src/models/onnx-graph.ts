@@ -151,3 +151,70 @@ export function decodeModel(bytes: Uint8Array): ModelProto {
 export function elemTypeName(code: number): string {
   return (DataType as unknown as Record<number, string>)[code] ?? `type ${code}`;
 }
+
+/** An initializer whose bytes are produced only when the model file is written. */
+export interface LazyTensor {
+  name: string;
+  type: ElemType;
+  dims: number[];
+  load(): Promise<TensorData>;
+}
+
+const ELEM_BYTES: Record<ElemType, number> = { float32: 4, float16: 2, uint8: 1, int64: 8, int32: 4 };
+// Field tags (field number << 3 | wire type 2): ModelProto.graph = 7, GraphProto.initializer = 5,
+// TensorProto.raw_data = 9.
+const TAG_MODEL_GRAPH = 0x3a;
+const TAG_GRAPH_INITIALIZER = 0x2a;
+const TAG_TENSOR_RAW_DATA = 0x4a;
+const PROTOBUF_LIMIT = 2 ** 31 - 1; // a single protobuf message cannot exceed 2 GiB
+
+function varint(n: number): Buffer {
+  const bytes: number[] = [];
+  while (n >= 0x80) {
+    bytes.push((n % 0x80) | 0x80);
+    n = Math.floor(n / 0x80);
+  }
+  bytes.push(n);
+  return Buffer.from(bytes);
+}
+
+/**
+ * Writes `model` plus `lazy` initializers to `path`, loading and writing one initializer at a
+ * time: protobuf lets repeated fields be appended after the rest of a message, so only the
+ * lengths must be known up front, and they follow from the dims. Peak memory is the graph
+ * structure plus the largest tensor, not the whole model. Returns the file size.
+ */
+export async function writeModelFile(
+  path: string,
+  model: ModelProto,
+  lazy: LazyTensor[],
+  onTensor?: (done: number, total: number) => void,
+): Promise<number> {
+  const { open } = await import('node:fs/promises');
+  const head = onnx.ModelProto.encode({ ...model, graph: null }).finish();
+  const graphHead = onnx.GraphProto.encode(model.graph ?? {}).finish();
+  const entries = lazy.map((t) => {
+    const meta = onnx.TensorProto.encode({ name: t.name, dataType: ELEM[t.type], dims: t.dims }).finish();
+    const rawLen = t.dims.reduce((a, d) => a * d, 1) * ELEM_BYTES[t.type];
+    const bodyLen = meta.length + 1 + varint(rawLen).length + rawLen;
+    return { t, meta, rawLen, bodyLen };
+  });
+  const graphLen = entries.reduce((a, e) => a + 1 + varint(e.bodyLen).length + e.bodyLen, graphHead.length);
+  if (graphLen > PROTOBUF_LIMIT) throw new Error(`the graph needs ${graphLen} bytes, over protobuf's 2 GiB limit`);
+  const fh = await open(path, 'w');
+  try {
+    await fh.write(head);
+    await fh.write(Buffer.concat([Buffer.from([TAG_MODEL_GRAPH]), varint(graphLen), graphHead]));
+    let done = 0;
+    for (const { t, meta, rawLen, bodyLen } of entries) {
+      const data = await t.load();
+      if (data.byteLength !== rawLen) throw new Error(`initializer ${t.name}: got ${data.byteLength} bytes for dims [${t.dims.join(', ')}] ${t.type}, expected ${rawLen}`);
+      await fh.write(Buffer.concat([Buffer.from([TAG_GRAPH_INITIALIZER]), varint(bodyLen), meta, Buffer.from([TAG_TENSOR_RAW_DATA]), varint(rawLen)]));
+      await fh.write(new Uint8Array(data.buffer, data.byteOffset, data.byteLength));
+      onTensor?.(++done, entries.length);
+    }
+  } finally {
+    await fh.close();
+  }
+  return head.length + 1 + varint(graphLen).length + graphLen;
+}

@@ -10,20 +10,24 @@ const MIN_OPSET = 11; // Round and Clip-with-inputs
 export interface DecoderIo {
   input: string;
   output: string;
+  /** The file's metadata_props (name, scaling_factor, ...). */
+  metadata: Record<string, string>;
 }
 
 /** Returns the model with an extra uint8 NHWC output `image`; a model that has one is returned as is. */
 export function withPostprocess(modelBytes: Uint8Array): { bytes: Uint8Array; io: DecoderIo } {
   const model: ModelProto = decodeModel(modelBytes);
-  const graph = model.graph;
+  // Decoded messages always carry their repeated fields as arrays.
+  const graph = model.graph as InstanceType<typeof onnx.GraphProto> | null | undefined;
   if (!graph || graph.input.length === 0 || graph.output.length === 0) {
     throw new Error('the ONNX file has no graph inputs or outputs');
   }
   const initNames = new Set(graph.initializer.map((t) => t.name));
   const input = graph.input.find((i) => !initNames.has(i.name ?? ''))?.name ?? graph.input[0]!.name!;
+  const metadata = Object.fromEntries(model.metadataProps.map((p) => [p.key ?? '', p.value ?? '']));
   if (graph.output.some((o) => o.name === IMAGE_OUTPUT)) {
     const output = graph.output.find((o) => o.name !== IMAGE_OUTPUT)?.name ?? IMAGE_OUTPUT;
-    return { bytes: modelBytes, io: { input, output } };
+    return { bytes: modelBytes, io: { input, output, metadata } };
   }
   const sample = graph.output[0]!;
   const opset = model.opsetImport.find((o) => !o.domain || o.domain === 'ai.onnx')?.version;
@@ -49,5 +53,5 @@ export function withPostprocess(modelBytes: Uint8Array): { bytes: Uint8Array; io
     name: IMAGE_OUTPUT,
     type: { tensorType: { elemType: DataType.UINT8, shape: nhwc.length ? { dim: nhwc } : null } },
   }));
-  return { bytes: encodeModel(model), io: { input, output: sample.name! } };
+  return { bytes: encodeModel(model), io: { input, output: sample.name!, metadata } };
 }

@@ -1,0 +1,68 @@
+// The Fastify application: body parsing, error mapping and routes, nothing else.
+import Fastify, { type FastifyInstance, type FastifyServerOptions } from 'fastify';
+import { randomUUID } from 'node:crypto';
+import type { Config } from './config.js';
+import { ServiceError, isServiceError, type ErrorCode } from './errors.js';
+import type { ModelRegistry } from './models/registry.js';
+import { decodeRoutes, type DecodeObserver } from './routes/decode.js';
+import { healthRoutes } from './routes/health.js';
+import { modelRoutes } from './routes/models.js';
+
+/** What the routes share: set once the models are up, flipped when draining. */
+export interface AppContext {
+  config: Config;
+  registry?: ModelRegistry;
+  draining: boolean;
+  /** /decode requests accepted and not yet answered. */
+  inflight: number;
+}
+
+const FASTIFY_CODES: Record<string, ErrorCode> = {
+  FST_ERR_CTP_BODY_TOO_LARGE: 'BODY_TOO_LARGE',
+  FST_ERR_CTP_INVALID_MEDIA_TYPE: 'UNSUPPORTED_MEDIA_TYPE',
+  FST_ERR_CTP_INVALID_CONTENT_LENGTH: 'BAD_PARAMETER',
+  FST_ERR_CTP_EMPTY_TYPE: 'UNSUPPORTED_MEDIA_TYPE',
+  FST_ERR_VALIDATION: 'BAD_PARAMETER',
+};
+
+export function buildApp(ctx: AppContext, opts: { logger: FastifyServerOptions['loggerInstance']; observer?: DecodeObserver }): FastifyInstance {
+  const app = Fastify({
+    loggerInstance: opts.logger,
+    bodyLimit: ctx.config.bodyLimitBytes,
+    requestIdHeader: 'x-request-id',
+    genReqId: () => randomUUID(),
+  });
+
+  // One parser for every body: /decode reads raw bytes, .npy and JSON itself, so that each
+  // encoding's mistakes get the service's own error codes.
+  app.removeAllContentTypeParsers();
+  app.addContentTypeParser('*', { parseAs: 'buffer' }, (_req, body, done) => done(null, body));
+
+  app.addHook('onSend', async (req, reply) => {
+    reply.header('x-request-id', req.id);
+  });
+
+  app.setErrorHandler((err, req, reply) => {
+    let e: ServiceError;
+    if (isServiceError(err)) e = err;
+    else {
+      const fe = err as { code?: string; statusCode?: number; message: string };
+      const code = fe.code ? FASTIFY_CODES[fe.code] : undefined;
+      if (code) e = new ServiceError(code, fe.message);
+      else if (fe.statusCode && fe.statusCode < 500) e = new ServiceError('BAD_PARAMETER', fe.message);
+      else e = new ServiceError('INTERNAL', 'internal error', { cause: err });
+    }
+    if (e.status >= 500) req.log.error({ err: e.cause ?? e, code: e.code }, e.message);
+    else req.log.info({ code: e.code, status: e.status }, e.message);
+    void reply.code(e.status).headers(e.headers).type('application/json').send(e.body());
+  });
+
+  app.setNotFoundHandler((req, reply) => {
+    void reply.code(404).send(new ServiceError('NOT_FOUND', `no route ${req.method} ${req.url.split('?')[0]}`).body());
+  });
+
+  healthRoutes(app, ctx);
+  modelRoutes(app, ctx);
+  decodeRoutes(app, ctx, opts.observer);
+  return app;
+}

@@ -1,0 +1,52 @@
+// Every error code the service answers with, in one place. A client mistake is a 4xx whose
+// message names the problem; the error handler shows messages only for status < 500, except for
+// inference failures, whose cause the client needs to see.
+
+export const ErrorCodes = {
+  BAD_PARAMETER: 400,
+  BAD_SHAPE: 400,
+  SIZE_MISMATCH: 400,
+  UNKNOWN_DTYPE: 400,
+  UNKNOWN_FORMAT: 400,
+  BAD_BASE64: 400,
+  BAD_JSON: 400,
+  BAD_NPY: 400,
+  CHANNEL_MISMATCH: 400,
+  LATENT_TOO_LARGE: 400,
+  NON_FINITE: 400,
+  EMPTY_BODY: 400,
+  UNAUTHORIZED: 401,
+  MODEL_NOT_FOUND: 404,
+  NOT_FOUND: 404,
+  BODY_TOO_LARGE: 413,
+  BATCH_TOO_LARGE: 413,
+  UNSUPPORTED_MEDIA_TYPE: 415,
+  QUEUE_FULL: 429,
+  INFERENCE_FAILED: 500,
+  INTERNAL: 500,
+  NOT_READY: 503,
+  SHUTTING_DOWN: 503,
+  DEADLINE_EXCEEDED: 504,
+  CLIENT_CLOSED: 499,
+} as const;
+
+export type ErrorCode = keyof typeof ErrorCodes;
+
+export class ServiceError extends Error {
+  readonly status: number;
+  readonly headers: Record<string, string>;
+
+  constructor(readonly code: ErrorCode, message: string, opts: { cause?: unknown; headers?: Record<string, string> } = {}) {
+    super(message, { cause: opts.cause });
+    this.name = 'ServiceError';
+    this.status = ErrorCodes[code];
+    this.headers = opts.headers ?? {};
+  }
+
+  /** The JSON body every error response carries. */
+  body(): { error: { code: string; message: string } } {
+    return { error: { code: this.code, message: this.message } };
+  }
+}
+
+export const isServiceError = (e: unknown): e is ServiceError => e instanceof ServiceError;

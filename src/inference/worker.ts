@@ -1,0 +1,95 @@
+// The ONNX Runtime session, in a worker thread: InferenceSession.run is a synchronous native call
+// that would block the event loop for the whole inference.
+import { readFile } from 'node:fs/promises';
+import { parentPort, workerData } from 'node:worker_threads';
+import * as ort from 'onnxruntime-node';
+import { halfToFloat, toFloat16Bits } from '../latents/dtype.js';
+import { IMAGE_OUTPUT, withPostprocess } from '../models/postprocess.js';
+import type { ModelIo, RunOutputs, RunRequest, WorkerInit, WorkerMessage } from './protocol.js';
+
+const init = workerData as WorkerInit;
+const port = parentPort!;
+const post = (m: WorkerMessage, transfer: ArrayBuffer[] = []): void => port.postMessage(m, transfer);
+
+async function createSession(bytes: Uint8Array): Promise<{ session: ort.InferenceSession; provider: ModelIo['provider'] }> {
+  const errors: string[] = [];
+  for (const provider of init.providers) {
+    try {
+      const session = await ort.InferenceSession.create(bytes, {
+        executionProviders: [provider],
+        graphOptimizationLevel: 'all',
+        ...(init.intraOpThreads > 0 ? { intraOpNumThreads: init.intraOpThreads } : {}),
+      });
+      return { session, provider };
+    } catch (e) {
+      const msg = (e as Error).message.split('\n')[0]!;
+      errors.push(`${provider}: ${msg}`);
+      post({ type: 'log', level: 'warn', msg: `execution provider ${provider} did not load; trying the next`, data: { provider, error: msg } });
+    }
+  }
+  throw new Error(`no execution provider loaded (${errors.join('; ')})`);
+}
+
+function owned(view: ArrayBufferView): ArrayBuffer {
+  // ORT may hand out views on memory it keeps; a copy is needed only then.
+  const whole = view.byteOffset === 0 && view.byteLength === view.buffer.byteLength && view.buffer instanceof ArrayBuffer;
+  return whole ? (view.buffer as ArrayBuffer) : (view.buffer.slice(view.byteOffset, view.byteOffset + view.byteLength) as ArrayBuffer);
+}
+
+function toFloat32(t: ort.Tensor): Float32Array {
+  if (t.type === 'float32') return t.data as Float32Array;
+  const bits = t.data as Uint16Array;
+  const out = new Float32Array(bits.length);
+  for (let i = 0; i < bits.length; i++) out[i] = halfToFloat(bits[i]!);
+  return out;
+}
+
+async function main(): Promise<void> {
+  const t0 = performance.now();
+  const original = init.modelBytes ?? (await readFile(init.modelPath!));
+  const { bytes, io } = withPostprocess(original);
+  const { session, provider } = await createSession(bytes);
+  const meta = session.inputMetadata.find((m) => m.name === io.input);
+  if (!meta || !meta.isTensor) throw new Error(`the model has no tensor input ${io.input}`);
+  if (meta.type !== 'float32' && meta.type !== 'float16') {
+    throw new Error(`the model's input ${io.input} is ${meta.type}; a decoder takes float32 or float16`);
+  }
+  const channels = meta.shape[1];
+  if (meta.shape.length !== 4 || typeof channels !== 'number') {
+    throw new Error(`the model's input ${io.input} has shape [${meta.shape.join(', ')}]; expected [N, C, h, w] with a fixed C`);
+  }
+  const inputType = meta.type;
+  const loadMs = performance.now() - t0;
+
+  const run = async (data: Float32Array, dims: number[], fetch: string[]): Promise<ort.InferenceSession.ReturnType> => {
+    const tensor = inputType === 'float16'
+      ? new ort.Tensor('float16', toFloat16Bits(data), dims)
+      : new ort.Tensor('float32', data, dims);
+    return session.run({ [io.input]: tensor }, fetch);
+  };
+
+  const side = init.warmupLatentSide ?? (provider === 'cpu' ? 8 : 64);
+  const fixed = meta.shape.map((d, i) => (typeof d === 'number' ? d : i === 0 ? 1 : side));
+  const w0 = performance.now();
+  await run(new Float32Array(fixed.reduce((a, b) => a * b, 1)), fixed, [IMAGE_OUTPUT, io.output]);
+  const warmupMs = performance.now() - w0;
+
+  post({ type: 'ready', io: { inputName: io.input, inputType, inputShape: meta.shape, channels, outputName: io.output, provider, loadMs, warmupMs, metadata: io.metadata } });
+
+  port.on('message', (req: RunRequest) => {
+    const t = performance.now();
+    const fetch = req.fetch.map((f) => (f === 'image' ? IMAGE_OUTPUT : io.output));
+    run(new Float32Array(req.data), req.dims, fetch).then(
+      (res) => {
+        const outputs: RunOutputs = {};
+        const transfer: ArrayBuffer[] = [];
+        if (req.fetch.includes('image')) transfer.push((outputs.image = owned(res[IMAGE_OUTPUT]!.data as Uint8Array)));
+        if (req.fetch.includes('sample')) transfer.push((outputs.sample = owned(toFloat32(res[io.output]!))));
+        post({ type: 'result', id: req.id, outputs, ms: performance.now() - t }, transfer);
+      },
+      (e: unknown) => post({ type: 'error', id: req.id, message: (e as Error).message }),
+    );
+  });
+}
+
+main().catch((e: unknown) => post({ type: 'failed', message: (e as Error).message }));

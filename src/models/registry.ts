@@ -1,0 +1,125 @@
+// The served models: the built-in preview, the one ONNX file MODEL_PATH names, and every folder
+// of the model repository (MODELS_DIR/<name>/model.onnx + config.json). Each gets its own
+// inference worker and batcher. Names only ever index this map: a request's model name never
+// becomes a path.
+import { existsSync } from 'node:fs';
+import { readdir, readFile } from 'node:fs/promises';
+import path from 'node:path';
+import type { Config } from '../config.js';
+import type { RunnerLogger } from '../inference/runner.js';
+import { buildPreviewDecoder, PREVIEW_MODEL_NAME, PREVIEW_SCALING_FACTOR } from './preview.js';
+import { ServedModel, type BatchListener, type ModelSpec } from './served-model.js';
+
+export interface ModelConfigFile {
+  name?: string;
+  scalingFactor?: number;
+  shiftFactor?: number;
+  latentChannels?: number;
+  precision?: string;
+  source?: string;
+}
+
+const NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
+
+/** Scaling defaults by latent channels: SD 1.x/2.x for 4, SD3 for 16 (FLUX needs its config). */
+export function defaultFactors(channels: number): { scalingFactor: number; shiftFactor: number } {
+  if (channels === 16) return { scalingFactor: 1.5305, shiftFactor: 0.0609 };
+  return { scalingFactor: 0.18215, shiftFactor: 0 };
+}
+
+async function readJson(file: string): Promise<ModelConfigFile> {
+  let doc: unknown;
+  try {
+    doc = JSON.parse(await readFile(file, 'utf8'));
+  } catch (e) {
+    throw new Error(`${file}: ${(e as Error).message}`);
+  }
+  if (typeof doc !== 'object' || doc === null) throw new Error(`${file}: expected a JSON object`);
+  const c = doc as Record<string, unknown>;
+  for (const k of ['scalingFactor', 'shiftFactor', 'latentChannels'] as const) {
+    if (c[k] !== undefined && (typeof c[k] !== 'number' || !Number.isFinite(c[k]))) throw new Error(`${file}: ${k} must be a number`);
+  }
+  if (c.scalingFactor === 0) throw new Error(`${file}: scalingFactor must not be 0`);
+  return c as ModelConfigFile;
+}
+
+/** The models a config asks for, before loading: name, file and sidecar settings. */
+export async function discoverModels(cfg: Config): Promise<ModelSpec[]> {
+  const specs: ModelSpec[] = [{
+    name: PREVIEW_MODEL_NAME, modelBytes: buildPreviewDecoder(), builtin: true,
+    file: { scalingFactor: PREVIEW_SCALING_FACTOR, shiftFactor: 0, precision: 'fp32', source: 'built-in linear preview (approximate)' },
+  }];
+  if (cfg.modelPath) {
+    const file = path.resolve(cfg.modelPath);
+    if (!existsSync(file)) throw new Error(`MODEL_PATH=${cfg.modelPath}: no such file`);
+    const base = file.replace(/\.onnx$/i, '');
+    const sidecar = [`${base}.json`, `${file}.json`].find((f) => existsSync(f));
+    const conf = sidecar ? await readJson(sidecar) : {};
+    specs.push({ name: conf.name ?? path.basename(base), modelPath: file, file: conf, builtin: false });
+  }
+  const dir = path.resolve(cfg.modelsDir);
+  if (existsSync(dir)) {
+    for (const entry of (await readdir(dir, { withFileTypes: true })).sort((a, b) => a.name.localeCompare(b.name))) {
+      if (!entry.isDirectory() || entry.name.startsWith('.')) continue;
+      const onnx = path.join(dir, entry.name, 'model.onnx');
+      if (!existsSync(onnx)) continue;
+      const confFile = path.join(dir, entry.name, 'config.json');
+      const conf = existsSync(confFile) ? await readJson(confFile) : {};
+      specs.push({ name: conf.name ?? entry.name, modelPath: onnx, file: conf, builtin: false });
+    }
+  }
+  const seen = new Set<string>();
+  for (const s of specs) {
+    if (!NAME.test(s.name)) throw new Error(`model name ${JSON.stringify(s.name)} is not valid: use letters, digits, ".", "_" and "-"`);
+    if (seen.has(s.name)) throw new Error(`two models are named ${JSON.stringify(s.name)}`);
+    seen.add(s.name);
+  }
+  return specs;
+}
+
+export class ModelRegistry {
+  readonly models = new Map<string, ServedModel>();
+  defaultName: string;
+
+  private constructor(specs: ModelSpec[], private readonly cfg: Config) {
+    const real = specs.filter((s) => !s.builtin);
+    this.defaultName = cfg.defaultModel ?? real[0]?.name ?? PREVIEW_MODEL_NAME;
+    if (!specs.some((s) => s.name === this.defaultName)) {
+      throw new Error(`DEFAULT_MODEL=${this.defaultName} is not among the models: ${specs.map((s) => s.name).join(', ')}`);
+    }
+  }
+
+  static async load(cfg: Config, log: RunnerLogger, onBatch?: BatchListener): Promise<ModelRegistry> {
+    const specs = await discoverModels(cfg);
+    const reg = new ModelRegistry(specs, cfg);
+    const loaded = await Promise.allSettled(specs.map((s) => ServedModel.start(s, cfg, log, onBatch)));
+    const failed = loaded.flatMap((r, i) => (r.status === 'rejected' ? [`${specs[i]!.name}: ${(r.reason as Error).message}`] : []));
+    for (const r of loaded) if (r.status === 'fulfilled') reg.models.set(r.value.name, r.value);
+    if (failed.length > 0) {
+      await reg.close();
+      throw new Error(`models failed to load: ${failed.join('; ')}`);
+    }
+    return reg;
+  }
+
+  get(name: string | undefined): ServedModel | undefined {
+    return this.models.get(name ?? this.defaultName);
+  }
+
+  get names(): string[] {
+    return [...this.models.keys()];
+  }
+
+  get config(): Config {
+    return this.cfg;
+  }
+
+  /** Resolves when no model has anything queued or running. */
+  async idle(): Promise<void> {
+    await Promise.all([...this.models.values()].map((m) => m.batcher.idle()));
+  }
+
+  async close(): Promise<void> {
+    await Promise.all([...this.models.values()].map((m) => m.close()));
+  }
+}

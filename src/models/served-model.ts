@@ -1,0 +1,133 @@
+// One served model: its inference worker, its batcher, and the settings requests are checked
+// against. Glues the pure batcher to the runner: concatenates the slices of a batch into one
+// input tensor and hands each request views of its rows of the output.
+import type { Config } from '../config.js';
+import { Batcher, type Batch, type BatchInfo } from '../batching/batcher.js';
+import { ServiceError } from '../errors.js';
+import { InferenceRunner, type RunnerLogger, type RunResult } from '../inference/runner.js';
+import type { ModelIo, OutputName } from '../inference/protocol.js';
+import type { LatentTensor, ModelLimits } from '../latents/parse.js';
+import { defaultFactors, type ModelConfigFile } from './registry.js';
+
+export interface ModelSpec {
+  name: string;
+  modelPath?: string;
+  modelBytes?: Uint8Array;
+  file: ModelConfigFile;
+  builtin: boolean;
+}
+
+interface Payload {
+  tensor: LatentTensor;
+  fetch: OutputName[];
+}
+
+interface BatchResult extends RunResult {
+  samples: number;
+}
+
+export interface Decoded {
+  n: number;
+  height: number;
+  width: number;
+  /** Per sample: height × width × 3 uint8 (views on the batch output). */
+  images?: Uint8Array[];
+  /** float32 [n, 3, height, width]. */
+  samples?: Float32Array;
+  queueMs: number;
+  runMs: number;
+}
+
+export type BatchListener = (model: string, info: BatchInfo) => void;
+
+export class ServedModel implements ModelLimits {
+  readonly batcher: Batcher<Payload, BatchResult>;
+  readonly scalingFactor: number;
+  readonly shiftFactor: number;
+  readonly maxLatentSide: number;
+  private readonly fixedSide: [number | string, number | string];
+  private constructor(readonly spec: ModelSpec, readonly runner: InferenceRunner, cfg: Config, onBatch?: BatchListener) {
+    const io = runner.io;
+    const meta = io.metadata;
+    const defaults = defaultFactors(io.channels);
+    const metaNum = (k: string): number | undefined => (meta[k] !== undefined && Number.isFinite(Number(meta[k])) ? Number(meta[k]) : undefined);
+    this.scalingFactor = spec.file.scalingFactor ?? metaNum('scaling_factor') ?? defaults.scalingFactor;
+    this.shiftFactor = spec.file.shiftFactor ?? metaNum('shift_factor') ?? defaults.shiftFactor;
+    this.maxLatentSide = cfg.maxLatentSide;
+    this.fixedSide = [io.inputShape[2]!, io.inputShape[3]!];
+    const fixedBatch = typeof io.inputShape[0] === 'number' ? io.inputShape[0] : Infinity;
+    this.batcher = new Batcher<Payload, BatchResult>((b) => this.runBatch(b), {
+      maxBatchSize: Math.min(cfg.maxBatchSize, fixedBatch),
+      maxQueueDelayMs: cfg.maxQueueDelayMs,
+      maxQueueSize: cfg.maxQueueSize,
+      onBatch: onBatch && ((info) => onBatch(spec.name, info)),
+    });
+  }
+
+  static async start(spec: ModelSpec, cfg: Config, log: RunnerLogger, onBatch?: BatchListener): Promise<ServedModel> {
+    const runner = await InferenceRunner.start({
+      modelPath: spec.modelPath, modelBytes: spec.modelBytes, providers: cfg.executionProviders,
+      intraOpThreads: cfg.intraOpThreads, warmupLatentSide: cfg.warmupLatentSide,
+    }, log);
+    const m = new ServedModel(spec, runner, cfg, onBatch);
+    log.info({ model: m.name, provider: m.io.provider, channels: m.io.channels, inputType: m.io.inputType,
+      loadMs: Math.round(m.io.loadMs), warmupMs: Math.round(m.io.warmupMs), scalingFactor: m.scalingFactor, shiftFactor: m.shiftFactor },
+    `model ${m.name} ready on ${m.io.provider}`);
+    return m;
+  }
+
+  get name(): string { return this.spec.name; }
+  get io(): ModelIo { return this.runner.io; }
+  get channels(): number { return this.io.channels; }
+  get precision(): string { return this.spec.file.precision ?? (this.io.inputType === 'float16' ? 'fp16' : 'fp32'); }
+
+  /** Queues the latents; resolves with this request's rows of the batch output(s). */
+  async decode(tensor: LatentTensor, fetch: OutputName[], opts: { deadline?: number; signal?: AbortSignal }): Promise<Decoded> {
+    const [n, , h, w] = tensor.shape;
+    const [fh, fw] = this.fixedSide;
+    if ((typeof fh === 'number' && fh !== h) || (typeof fw === 'number' && fw !== w)) {
+      throw new ServiceError('BAD_SHAPE', `model ${this.name} takes ${fh}x${fw} latents only, got ${h}x${w}`);
+    }
+    const res = await this.batcher.submit(`${h}x${w}`, { tensor, fetch }, n, opts);
+    const first = res.parts[0]!.result;
+    const pixels = first.outputs.image ? first.outputs.image.byteLength / (first.samples * 3) : (first.outputs.sample!.byteLength / 4) / (first.samples * 3);
+    const up = Math.round(Math.sqrt(pixels / (h * w)));
+    const out: Decoded = { n, height: h * up, width: w * up, queueMs: res.queueMs, runMs: res.runMs };
+    const plane = out.height * out.width * 3;
+    if (fetch.includes('image')) {
+      out.images = res.parts.flatMap((p) => Array.from({ length: p.count }, (_, k) =>
+        new Uint8Array(p.result.outputs.image!, (p.batchOffset + k) * plane, plane)));
+    }
+    if (fetch.includes('sample')) {
+      const samples = new Float32Array(n * plane);
+      for (const p of res.parts) {
+        samples.set(new Float32Array(p.result.outputs.sample!, p.batchOffset * plane * 4, p.count * plane), p.start * plane);
+      }
+      out.samples = samples;
+    }
+    return out;
+  }
+
+  private async runBatch(batch: Batch<Payload>): Promise<BatchResult> {
+    const [, c, h, w] = batch.slices[0]!.payload.tensor.shape;
+    const per = c * h * w;
+    const data = new Float32Array(batch.samples * per);
+    const fetch = new Set<OutputName>();
+    let row = 0;
+    for (const s of batch.slices) {
+      data.set(s.payload.tensor.data.subarray(s.start * per, (s.start + s.count) * per), row * per);
+      row += s.count;
+      for (const f of s.payload.fetch) fetch.add(f);
+    }
+    try {
+      const r = await this.runner.run(data, [batch.samples, c, h, w], [...fetch]);
+      return { ...r, samples: batch.samples };
+    } catch (e) {
+      throw new ServiceError('INFERENCE_FAILED', `model ${this.name} failed on a batch of ${batch.samples}x${c}x${h}x${w}: ${(e as Error).message}`, { cause: e });
+    }
+  }
+
+  async close(): Promise<void> {
+    await this.runner.close();
+  }
+}

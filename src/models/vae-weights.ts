@@ -1,0 +1,131 @@
+// Maps the key layouts SD-family VAE checkpoints come in onto one canonical set of decoder
+// weights — the original LDM names without a prefix — and infers the decoder's configuration
+// from tensor shapes, so no config file is needed to convert a bare checkpoint.
+import { SafetensorsFile } from './safetensors.js';
+
+export type KeyLayout = 'ldm' | 'diffusers' | 'diffusers-legacy';
+
+export interface VaeConfig {
+  /** Base channel count: the channels of the shallowest up level. */
+  ch: number;
+  chMult: number[];
+  numResBlocks: number;
+  latentChannels: number;
+  hasPostQuantConv: boolean;
+}
+
+// Where a checkpoint keeps its VAE: a full LDM checkpoint, some merged single-file checkpoints,
+// or a bare VAE file.
+const PREFIXES = ['first_stage_model.', 'vae.', ''];
+
+const DIFFUSERS_ATTN: Record<string, string> = { norm: 'group_norm', q: 'to_q', k: 'to_k', v: 'to_v', proj_out: 'to_out.0' };
+const LEGACY_ATTN: Record<string, string> = { norm: 'group_norm', q: 'query', k: 'key', v: 'value', proj_out: 'proj_attn' };
+
+/** The key a canonical (unprefixed LDM) name has in the given layout. */
+function layoutKey(canonical: string, layout: KeyLayout, levels: number): string {
+  if (layout === 'ldm') return canonical;
+  let m = /^decoder\.up\.(\d+)\.block\.(\d+)\.(.*)$/.exec(canonical);
+  if (m) return `decoder.up_blocks.${levels - 1 - Number(m[1])}.resnets.${m[2]}.${m[3]!.replace(/^nin_shortcut\./, 'conv_shortcut.')}`;
+  m = /^decoder\.up\.(\d+)\.upsample\.conv\.(.*)$/.exec(canonical);
+  if (m) return `decoder.up_blocks.${levels - 1 - Number(m[1])}.upsamplers.0.conv.${m[2]}`;
+  m = /^decoder\.mid\.block_([12])\.(.*)$/.exec(canonical);
+  if (m) return `decoder.mid_block.resnets.${Number(m[1]) - 1}.${m[2]}`;
+  m = /^decoder\.mid\.attn_1\.(\w+)\.(.*)$/.exec(canonical);
+  if (m) return `decoder.mid_block.attentions.0.${(layout === 'diffusers' ? DIFFUSERS_ATTN : LEGACY_ATTN)[m[1]!]}.${m[2]}`;
+  return canonical.replace(/^decoder\.norm_out\./, 'decoder.conv_norm_out.');
+}
+
+/** Shapes compare equal when they differ only by trailing 1s: diffusers stores 1×1 attention convs as Linear [C, C]. */
+function sameShape(a: readonly number[], b: readonly number[]): boolean {
+  const strip = (s: readonly number[]) => {
+    let n = s.length;
+    while (n > 0 && s[n - 1] === 1) n--;
+    return s.slice(0, n).join(',');
+  };
+  return strip(a) === strip(b);
+}
+
+export class VaeWeights {
+  private constructor(
+    readonly file: SafetensorsFile,
+    readonly layout: KeyLayout,
+    readonly prefix: string,
+    readonly config: VaeConfig,
+  ) {}
+
+  static async open(path: string): Promise<VaeWeights> {
+    const file = await SafetensorsFile.open(path);
+    try {
+      const keys = new Set(file.keys());
+      const prefix = PREFIXES.find((p) => keys.has(`${p}decoder.conv_in.weight`));
+      if (prefix === undefined) {
+        throw new Error(`${path} holds no VAE decoder: no tensor decoder.conv_in.weight (with prefix ${PREFIXES.filter(Boolean).join(', ')} or none)`);
+      }
+      const under = [...keys].filter((k) => k.startsWith(prefix)).map((k) => k.slice(prefix.length));
+      const diffusers = under.some((k) => k.startsWith('decoder.up_blocks.') || k.startsWith('decoder.mid_block.'));
+      const layout: KeyLayout = !diffusers ? 'ldm'
+        : keys.has(`${prefix}decoder.mid_block.attentions.0.query.weight`) ? 'diffusers-legacy' : 'diffusers';
+      const levels = countIndices(under, diffusers ? /^decoder\.up_blocks\.(\d+)\./ : /^decoder\.up\.(\d+)\./);
+      if (levels === 0) throw new Error(`${path}: the VAE decoder has no up levels (no decoder.up.* or decoder.up_blocks.* tensors)`);
+      const dim = (canonical: string, axis: number): number => {
+        const key = prefix + layoutKey(canonical, layout, levels);
+        const d = file.info(key)?.shape[axis];
+        if (d === undefined) throw new Error(`${path}: missing tensor ${key}`);
+        return d;
+      };
+      const level0 = diffusers ? new RegExp(`^decoder\\.up_blocks\\.${levels - 1}\\.resnets\\.(\\d+)\\.`) : /^decoder\.up\.0\.block\.(\d+)\./;
+      const resnets = countIndices(under, level0);
+      if (resnets < 1) throw new Error(`${path}: the shallowest up level of the VAE decoder has no resnets`);
+      const levelChannels = Array.from({ length: levels }, (_, i) => dim(`decoder.up.${i}.block.0.conv2.weight`, 0));
+      const ch = levelChannels[0]!;
+      const hasPostQuantConv = keys.has(`${prefix}post_quant_conv.weight`);
+      return new VaeWeights(file, layout, prefix, {
+        ch,
+        chMult: levelChannels.map((c) => c / ch),
+        numResBlocks: resnets - 1,
+        latentChannels: hasPostQuantConv ? dim('post_quant_conv.weight', 1) : dim('decoder.conv_in.weight', 1),
+        hasPostQuantConv,
+      });
+    } catch (err) {
+      await file.close();
+      throw err;
+    }
+  }
+
+  get path(): string {
+    return this.file.path;
+  }
+
+  /** The key of a canonical weight in this file. */
+  key(canonical: string): string {
+    return this.prefix + layoutKey(canonical, this.layout, this.config.chMult.length);
+  }
+
+  /** Throws, naming the tensor and the file, unless the weight is present with the expected shape. */
+  check(canonical: string, shape: readonly number[]): void {
+    const key = this.key(canonical);
+    const info = this.file.info(key);
+    if (!info) throw new Error(`${this.path}: missing tensor ${key}`);
+    if (!sameShape(info.shape, shape)) {
+      throw new Error(`${this.path}: tensor ${key} has shape [${info.shape.join(', ')}], expected [${shape.join(', ')}]`);
+    }
+  }
+
+  read(canonical: string, type: 'float32' | 'float16'): Promise<Float32Array | Uint16Array> {
+    const key = this.key(canonical);
+    return type === 'float32' ? this.file.readFloat32(key) : this.file.readFloat16(key);
+  }
+
+  close(): Promise<void> {
+    return this.file.close();
+  }
+}
+
+function countIndices(keys: string[], re: RegExp): number {
+  let max = -1;
+  for (const k of keys) {
+    const m = re.exec(k);
+    if (m) max = Math.max(max, Number(m[1]));
+  }
+  return max + 1;
+}

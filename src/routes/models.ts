@@ -1,0 +1,24 @@
+// GET /v1/models: what is served, on which execution provider, with which factors.
+import type { FastifyInstance } from 'fastify';
+import type { AppContext } from '../app.js';
+
+export function modelRoutes(app: FastifyInstance, ctx: AppContext): void {
+  app.get('/v1/models', async () => {
+    const reg = ctx.registry;
+    return {
+      defaultModel: reg?.defaultName ?? null,
+      models: reg ? [...reg.models.values()].map((m) => ({
+        name: m.name,
+        default: m.name === reg.defaultName,
+        channels: m.channels,
+        precision: m.precision,
+        scalingFactor: m.scalingFactor,
+        shiftFactor: m.shiftFactor,
+        provider: m.io.provider,
+        ready: !ctx.draining,
+        builtin: m.spec.builtin,
+        source: m.spec.file.source ?? m.spec.modelPath ?? null,
+      })) : [],
+    };
+  });
+}
