@@ -144,9 +144,9 @@ function alignedCopy(buf: Buffer): Uint8Array {
 
 export interface TensorToWrite {
   name: string;
-  dtype: 'F32' | 'F16';
+  dtype: StDtype;
   shape: number[];
-  /** Float32Array for F32; float16 bits for F16. */
+  /** Float32Array for F32; the raw 16-bit patterns for F16 and BF16. */
   data: Float32Array | Uint16Array;
 }
 

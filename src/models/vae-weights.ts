@@ -22,7 +22,7 @@ const DIFFUSERS_ATTN: Record<string, string> = { norm: 'group_norm', q: 'to_q', 
 const LEGACY_ATTN: Record<string, string> = { norm: 'group_norm', q: 'query', k: 'key', v: 'value', proj_out: 'proj_attn' };
 
 /** The key a canonical (unprefixed LDM) name has in the given layout. */
-function layoutKey(canonical: string, layout: KeyLayout, levels: number): string {
+export function layoutKey(canonical: string, layout: KeyLayout, levels: number): string {
   if (layout === 'ldm') return canonical;
   let m = /^decoder\.up\.(\d+)\.block\.(\d+)\.(.*)$/.exec(canonical);
   if (m) return `decoder.up_blocks.${levels - 1 - Number(m[1])}.resnets.${m[2]}.${m[3]!.replace(/^nin_shortcut\./, 'conv_shortcut.')}`;

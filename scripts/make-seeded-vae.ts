@@ -1,0 +1,74 @@
+// Writes a VAE decoder checkpoint with seeded random weights of the right shapes, for
+// conversion benchmarks and tests that need a decoder other than the fixture.
+//   node --import tsx scripts/make-seeded-vae.ts OUT.safetensors [--ch 128] [--ch-mult 1,2,4,4]
+//     [--num-res-blocks 2] [--z 4] [--no-post-quant-conv] [--layout ldm|diffusers] [--seed 1]
+import { resolve } from 'node:path';
+import { pathToFileURL } from 'node:url';
+import { parseArgs } from 'node:util';
+import { writeSafetensors, type TensorToWrite } from '../src/models/safetensors.js';
+import { buildDecoderGraph } from '../src/models/vae-graph.js';
+import { layoutKey, type KeyLayout, type VaeConfig } from '../src/models/vae-weights.js';
+
+/** mulberry32: small, seedable, and the same sequence on every platform. */
+function rng(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+function gaussian(next: () => number): () => number {
+  return () => Math.sqrt(-2 * Math.log(1 - next())) * Math.cos(2 * Math.PI * next());
+}
+
+/**
+ * Seeded decoder weights under the names of `layout`. Conv weights have std 1/sqrt(fan_in) so
+ * activations stay of order one through the residual stack; norms are near identity.
+ */
+export function seededVae(cfg: VaeConfig, opts: { seed?: number; layout?: KeyLayout; prefix?: string } = {}): TensorToWrite[] {
+  const normal = gaussian(rng(opts.seed ?? 1));
+  return buildDecoderGraph(cfg, 'float32').weights.map(({ name, shape }) => {
+    const data = new Float32Array(shape.reduce((a, d) => a * d, 1));
+    const isNorm = /norm\w*\.weight$|\.norm\.weight$/.test(name);
+    const fanIn = shape.slice(1).reduce((a, d) => a * d, 1);
+    for (let i = 0; i < data.length; i++) {
+      const n = normal();
+      data[i] = shape.length > 1 ? n / Math.sqrt(fanIn) : isNorm ? 1 + 0.1 * n : 0.05 * n;
+    }
+    return { name: (opts.prefix ?? '') + layoutKey(name, opts.layout ?? 'ldm', cfg.chMult.length), dtype: 'F32', shape, data };
+  });
+}
+
+async function cli(): Promise<void> {
+  const { values, positionals } = parseArgs({
+    allowPositionals: true,
+    options: {
+      ch: { type: 'string', default: '128' },
+      'ch-mult': { type: 'string', default: '1,2,4,4' },
+      'num-res-blocks': { type: 'string', default: '2' },
+      z: { type: 'string', default: '4' },
+      'no-post-quant-conv': { type: 'boolean', default: false },
+      layout: { type: 'string', default: 'ldm' },
+      seed: { type: 'string', default: '1' },
+    },
+  });
+  const out = positionals[0];
+  if (!out) throw new Error('usage: make-seeded-vae.ts OUT.safetensors [options]');
+  const cfg: VaeConfig = {
+    ch: Number(values.ch),
+    chMult: values['ch-mult'].split(',').map(Number),
+    numResBlocks: Number(values['num-res-blocks']),
+    latentChannels: Number(values.z),
+    hasPostQuantConv: !values['no-post-quant-conv'],
+  };
+  const tensors = seededVae(cfg, { seed: Number(values.seed), layout: values.layout as KeyLayout });
+  await writeSafetensors(out, tensors);
+  const params = tensors.reduce((a, t) => a + t.data.length, 0);
+  console.log(`${out}: ${tensors.length} tensors, ${(params / 1e6).toFixed(2)}M parameters`);
+}
+
+if (process.argv[1] && import.meta.url === pathToFileURL(resolve(process.argv[1])).href) await cli();
