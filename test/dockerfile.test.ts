@@ -1,0 +1,332 @@
+// Static checks of the Dockerfile (parsed with dockerfile-ast) and of .dockerignore.
+// `docker build` itself is not run here (no Docker engine in CI / dev sandbox).
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { existsSync, readFileSync } from 'node:fs';
+import { dirname, join, posix, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { DockerfileParser, JSONInstruction } from 'dockerfile-ast';
+import type { Copy, Env, Instruction, Label } from 'dockerfile-ast';
+
+const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..');
+const dockerfileText = readFileSync(join(ROOT, 'Dockerfile'), 'utf8');
+const dockerfile = DockerfileParser.parse(dockerfileText);
+
+interface Stage {
+  index: number;
+  name: string | null;
+  /** Base image with global ARG defaults substituted. */
+  image: string;
+  instructions: Instruction[];
+}
+
+/** Global ARGs (before the first FROM) with their default values. */
+const globalArgs = new Map<string, string>();
+for (const arg of dockerfile.getInitialARGs()) {
+  const prop = arg.getProperty();
+  if (prop) globalArgs.set(prop.getName(), prop.getValue() ?? '');
+}
+
+function expandArgs(value: string): string {
+  return value.replace(/\$\{([A-Za-z_][A-Za-z0-9_]*)\}|\$([A-Za-z_][A-Za-z0-9_]*)/g, (m, a?: string, b?: string) => {
+    const name = a ?? b ?? '';
+    return globalArgs.get(name) ?? m;
+  });
+}
+
+const stages: Stage[] = [];
+for (const instruction of dockerfile.getInstructions()) {
+  const keyword = instruction.getKeyword();
+  if (keyword === 'FROM') {
+    const from = dockerfile.getFROMs()[stages.length];
+    assert.ok(from, 'FROM instruction not found by parser');
+    stages.push({
+      index: stages.length,
+      name: from.getBuildStage(),
+      image: expandArgs(from.getImage() ?? ''),
+      instructions: [],
+    });
+  } else {
+    const current = stages[stages.length - 1];
+    if (current) current.instructions.push(instruction);
+  }
+}
+
+function stage(name: string): Stage {
+  const s = stages.find((x) => x.name === name);
+  assert.ok(s, `Dockerfile has no stage named "${name}" (stages: ${stages.map((x) => x.name).join(', ')})`);
+  return s;
+}
+
+function byKeyword(s: Stage, keyword: string): Instruction[] {
+  return s.instructions.filter((i) => i.getKeyword() === keyword);
+}
+
+/** ENV values visible in a stage (own ENVs only, in order; later wins), up to an optional line. */
+function envOf(s: Stage, beforeLine = Number.POSITIVE_INFINITY): Map<string, string> {
+  const env = new Map<string, string>();
+  for (const i of byKeyword(s, 'ENV')) {
+    if (i.getRange().start.line >= beforeLine) continue;
+    for (const p of (i as Env).getProperties()) env.set(p.getName(), p.getUnescapedValue() ?? '');
+  }
+  return env;
+}
+
+/** Resolves a stage to the chain of stages it is built FROM (itself first). */
+function lineage(s: Stage): Stage[] {
+  const chain = [s];
+  let cur: Stage | undefined = s;
+  while (cur) {
+    const parent: Stage | undefined = stages.find((x) => x.name !== null && x.name === cur?.image && x.index < cur.index);
+    if (parent) chain.push(parent);
+    cur = parent;
+  }
+  return chain;
+}
+
+function rootImage(s: Stage): string {
+  const chain = lineage(s);
+  return chain[chain.length - 1]?.image ?? '';
+}
+
+function jsonArgs(i: Instruction): string[] | null {
+  if (!(i instanceof JSONInstruction) || i.getOpeningBracket() === null) return null;
+  return i.getJSONStrings().map((s) => s.getJSONValue());
+}
+
+function copyFrom(c: Copy): string | null {
+  return c.getFromFlag()?.getValue() ?? null;
+}
+
+/** COPY/ADD sources (without flags; last argument is the destination). */
+function copySources(i: Instruction): string[] {
+  const json = jsonArgs(i);
+  const args = json ?? i.getArguments().map((a) => a.getValue()).filter((a) => !a.startsWith('--'));
+  return args.slice(0, -1);
+}
+
+const RUNTIME_TARGETS = ['cpu', 'gpu'] as const;
+
+test('Dockerfile is multi-stage with named cpu and gpu targets', () => {
+  assert.ok(stages.length >= 3, `expected build + runtime stages, found ${stages.length}`);
+  const names = stages.map((s) => s.name);
+  for (const t of RUNTIME_TARGETS) assert.ok(names.includes(t), `missing stage "${t}"`);
+  assert.equal(new Set(names.filter(Boolean)).size, names.filter(Boolean).length, 'duplicate stage names');
+});
+
+test('the default target (last stage) is the CPU image', () => {
+  const last = stages[stages.length - 1];
+  assert.ok(last);
+  assert.ok(last.name === 'cpu' || last.image === 'cpu', `last stage must be "cpu" or FROM cpu, got ${last.name} FROM ${last.image}`);
+  assert.match(rootImage(last), /^node:22[.-]/, 'CPU image must be based on a Node 22 image');
+  assert.doesNotMatch(rootImage(last), /cuda/i);
+});
+
+test('all Node base images are Node 22 LTS', () => {
+  const nodeBases = stages.filter((s) => /^(docker\.io\/)?(library\/)?node:/.test(s.image));
+  assert.ok(nodeBases.length > 0);
+  for (const s of nodeBases) assert.match(s.image, /node:22([.-]|$)/, `stage ${s.name} uses ${s.image}`);
+});
+
+test('gpu stage is based on an nvidia/cuda 12 cuDNN 9 runtime image and gets Node 22', () => {
+  const gpu = stage('gpu');
+  const base = rootImage(gpu);
+  assert.match(base, /^(docker\.io\/)?nvidia\/cuda:12\.\d+(\.\d+)?-cudnn9?-runtime-ubuntu(22|24)\.04$/, `gpu base is ${base}`);
+  // Node comes from a Node 22 stage (the CUDA image has no Node).
+  const nodeCopy = gpu.instructions
+    .filter((i): i is Copy => i.getKeyword() === 'COPY')
+    .find((c) => copySources(c).some((src) => /\/bin\/node$/.test(src)));
+  assert.ok(nodeCopy, 'gpu stage must COPY the node binary from a Node 22 stage');
+  const from = copyFrom(nodeCopy);
+  assert.ok(from);
+  const src = stages.find((s) => s.name === from);
+  assert.match(src ? rootImage(src) : from, /node:22([.-]|$)/);
+});
+
+test('gpu node_modules are installed with ONNXRUNTIME_NODE_INSTALL=cuda12, cpu ones without CUDA', () => {
+  const nodeModulesSource = (target: string): Stage => {
+    const s = stage(target);
+    const copy = lineage(s)
+      .flatMap((x) => x.instructions)
+      .filter((i): i is Copy => i.getKeyword() === 'COPY')
+      .find((c) => copySources(c).some((p) => /node_modules\/?$/.test(p)));
+    assert.ok(copy, `${target}: no COPY of node_modules`);
+    const from = copyFrom(copy);
+    assert.ok(from, `${target}: node_modules must be COPY --from a deps/build stage`);
+    return stage(from);
+  };
+
+  const gpuDeps = nodeModulesSource('gpu');
+  const install = byKeyword(gpuDeps, 'RUN').find((r) => /\bnpm (ci|install)\b/.test(r.getArgumentsContent() ?? ''));
+  assert.ok(install, `stage ${gpuDeps.name} must run npm ci`);
+  const env = envOf(gpuDeps, install.getRange().start.line);
+  assert.equal(env.get('ONNXRUNTIME_NODE_INSTALL'), 'cuda12', 'ONNXRUNTIME_NODE_INSTALL=cuda12 must be set before npm ci');
+  // .npmrc says onnxruntime-node-install=skip; the env var (read first by install.js) wins, and
+  // npm_config_* must not say skip either.
+  assert.notEqual(env.get('npm_config_onnxruntime_node_install'), 'skip');
+  // The rendered provider library is checked in the same RUN.
+  assert.match(install.getArgumentsContent() ?? '', /libonnxruntime_providers_cuda\.so/);
+
+  const cpuDeps = nodeModulesSource('cpu');
+  const cpuEnv = envOf(cpuDeps);
+  assert.notEqual(cpuEnv.get('ONNXRUNTIME_NODE_INSTALL'), 'cuda12');
+});
+
+test('build stage runs npm ci, npm run build and npm prune --omit=dev', () => {
+  const cpuDist = lineage(stage('cpu'))
+    .flatMap((x) => x.instructions)
+    .filter((i): i is Copy => i.getKeyword() === 'COPY')
+    .find((c) => copySources(c).some((p) => /dist\/?$/.test(p)));
+  assert.ok(cpuDist, 'cpu stage must COPY dist from the build stage');
+  const buildName = copyFrom(cpuDist);
+  assert.ok(buildName);
+  const runs = lineage(stage(buildName))
+    .flatMap((s) => byKeyword(s, 'RUN'))
+    .map((r) => r.getArgumentsContent() ?? '')
+    .join('\n');
+  assert.match(runs, /\bnpm ci\b/);
+  assert.match(runs, /\bnpm run build\b/);
+  assert.match(runs, /\bnpm prune --omit=dev\b/);
+});
+
+for (const target of RUNTIME_TARGETS) {
+  test(`${target} image: non-root numeric USER, exec-form node CMD, HEALTHCHECK, EXPOSE 8080, ENV, labels`, () => {
+    const chain = lineage(stage(target));
+    const all = chain.flatMap((s) => s.instructions);
+    const last = (kw: string): Instruction | undefined => {
+      for (const s of chain) {
+        const found = byKeyword(s, kw);
+        if (found.length > 0) return found[found.length - 1];
+      }
+      return undefined;
+    };
+
+    const user = last('USER');
+    assert.ok(user, 'USER missing');
+    const [uid, gid] = (user.getArgumentsContent() ?? '').trim().split(':');
+    assert.match(uid ?? '', /^\d+$/, 'USER must be numeric so that runAsNonRoot can verify it');
+    assert.notEqual(Number(uid), 0, 'USER must not be root');
+    if (gid !== undefined) assert.notEqual(Number(gid), 0);
+
+    const cmd = last('CMD');
+    assert.ok(cmd, 'CMD missing');
+    const cmdArgs = jsonArgs(cmd);
+    assert.ok(cmdArgs, 'CMD must be exec form (JSON array) so that SIGTERM reaches node');
+    assert.deepEqual(cmdArgs, ['node', 'dist/main.js']);
+
+    const entrypoint = last('ENTRYPOINT');
+    if (entrypoint) {
+      const ep = jsonArgs(entrypoint);
+      assert.ok(ep, 'ENTRYPOINT must be exec form');
+      assert.ok(!ep.some((a) => /npm|sh$/.test(a)), `ENTRYPOINT must not wrap node in npm/sh: ${ep.join(' ')}`);
+    }
+
+    const hc = last('HEALTHCHECK');
+    assert.ok(hc, 'HEALTHCHECK missing');
+    const hcText = hc.getArgumentsContent() ?? '';
+    assert.match(hcText, /\bCMD\b/);
+    assert.match(hcText, /"node"|\bnode\b/, 'HEALTHCHECK must use node (no curl in slim images)');
+    assert.match(hcText, /\/healthz/);
+    assert.doesNotMatch(hcText, /\bcurl\b|\bwget\b/);
+
+    const exposed = all.filter((i) => i.getKeyword() === 'EXPOSE').flatMap((i) => i.getArguments().map((a) => a.getValue()));
+    assert.ok(exposed.some((p) => p === '8080' || p === '8080/tcp'), `EXPOSE 8080 missing (${exposed.join(',')})`);
+
+    const env = new Map<string, string>();
+    for (const s of [...chain].reverse()) for (const [k, v] of envOf(s)) env.set(k, v);
+    assert.equal(env.get('NODE_ENV'), 'production');
+    assert.equal(env.get('MODELS_DIR'), '/models');
+    if (env.has('PORT')) assert.equal(env.get('PORT'), '8080');
+
+    const labels = new Set(
+      all.filter((i) => i.getKeyword() === 'LABEL').flatMap((i) => (i as Label).getProperties().map((p) => p.getName())),
+    );
+    for (const key of ['title', 'description', 'source', 'licenses', 'version', 'revision']) {
+      assert.ok(labels.has(`org.opencontainers.image.${key}`), `LABEL org.opencontainers.image.${key} missing`);
+    }
+
+    // Runtime images carry no dev tooling and no build inputs.
+    const runtimeCopies = stage(target).instructions.filter((i) => i.getKeyword() === 'COPY' || i.getKeyword() === 'ADD');
+    for (const c of runtimeCopies) {
+      assert.ok(copyFrom(c as Copy), `${target}: runtime stage copies only from other stages: ${c.toString()}`);
+    }
+  });
+}
+
+test('every COPY --from refers to an earlier stage', () => {
+  for (const s of stages) {
+    for (const c of s.instructions.filter((i): i is Copy => i.getKeyword() === 'COPY')) {
+      const from = copyFrom(c);
+      if (from === null) continue;
+      const src = stages.find((x) => x.name === from || String(x.index) === from);
+      assert.ok(src, `COPY --from=${from} (stage ${s.name}) refers to no stage`);
+      assert.ok(src.index < s.index, `COPY --from=${from} in stage ${s.name} refers to a later stage`);
+    }
+  }
+});
+
+// --- build context -------------------------------------------------------------------------------
+
+const dockerignore = readFileSync(join(ROOT, '.dockerignore'), 'utf8')
+  .split(/\r?\n/)
+  .map((l) => l.trim())
+  .filter((l) => l !== '' && !l.startsWith('#'));
+
+function globToRegExp(pattern: string): RegExp {
+  let re = '';
+  const p = posix.normalize(pattern.replace(/^\/+/, '')).replace(/\/+$/, '');
+  for (let i = 0; i < p.length; i++) {
+    const ch = p[i] ?? '';
+    if (ch === '*') {
+      if (p[i + 1] === '*') {
+        re += '.*';
+        i++;
+        if (p[i + 1] === '/') i++;
+      } else re += '[^/]*';
+    } else if (ch === '?') re += '[^/]';
+    else re += ch.replace(/[.+^${}()|[\]\\]/g, '\\$&');
+  }
+  return new RegExp(`^${re}$`);
+}
+
+/** .dockerignore semantics (simplified): a path is excluded when it or a parent matches; `!` re-includes. */
+function isIgnored(path: string): boolean {
+  const parts = posix.normalize(path).replace(/\/+$/, '').split('/');
+  let ignored = false;
+  for (const line of dockerignore) {
+    const negate = line.startsWith('!');
+    const re = globToRegExp(negate ? line.slice(1) : line);
+    for (let n = 1; n <= parts.length; n++) {
+      if (re.test(parts.slice(0, n).join('/'))) {
+        ignored = !negate;
+        break;
+      }
+    }
+  }
+  return ignored;
+}
+
+test('.dockerignore excludes node_modules, .git, dist, models and test artefacts', () => {
+  for (const p of ['node_modules', 'node_modules/sharp/package.json', '.git', '.git/HEAD', 'dist/main.js', 'models/some-vae/model.onnx', 'bench/results/run.json']) {
+    assert.ok(isIgnored(p), `.dockerignore must exclude ${p}`);
+  }
+});
+
+test('files COPYed from the build context exist and are not excluded by .dockerignore', () => {
+  const sources = stages.flatMap((s) =>
+    s.instructions.filter((i) => (i.getKeyword() === 'COPY' && copyFrom(i as Copy) === null) || i.getKeyword() === 'ADD').flatMap(copySources),
+  );
+  assert.ok(sources.length > 0);
+  for (const required of ['package.json', 'package-lock.json', '.npmrc', 'src']) {
+    assert.ok(sources.some((s) => s.replace(/\/+$/, '') === required), `Dockerfile must COPY ${required} from the context`);
+  }
+  assert.ok(sources.some((s) => /^tsconfig.*\.json$/.test(s)), 'Dockerfile must COPY tsconfig*.json');
+  for (const src of sources) {
+    assert.doesNotMatch(src, /^(https?:|git@)/, 'no remote ADD sources');
+    assert.ok(existsSync(join(ROOT, src)), `COPY source ${src} does not exist in the repository`);
+    assert.ok(!isIgnored(src), `COPY source ${src} is excluded by .dockerignore`);
+  }
+  // The TypeScript build config compiles src/ only.
+  const buildTsconfig = JSON.parse(readFileSync(join(ROOT, 'tsconfig.build.json'), 'utf8')) as { include?: string[] };
+  assert.ok(buildTsconfig.include?.every((p) => p.startsWith('src/')), 'tsconfig.build.json must only include src/');
+});
