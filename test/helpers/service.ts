@@ -1,0 +1,96 @@
+// Builds the real service for tests: the real ONNX Runtime session on the fixture decoder (or any
+// model), real sharp, requests through app.inject() or a real socket.
+import { mkdtempSync, rmSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import type { TestContext } from 'node:test';
+import { fileURLToPath } from 'node:url';
+import pino from 'pino';
+import sharp from 'sharp';
+import { buildApp, type AppContext } from '../../src/app.js';
+import type { BatchInfo } from '../../src/batching/batcher.js';
+import { loadConfig } from '../../src/config.js';
+import { ModelRegistry } from '../../src/models/registry.js';
+import { readNpy } from '../../src/models/npy.js';
+
+export const REPO = path.resolve(fileURLToPath(new URL('../..', import.meta.url)));
+// CI clones the repo next to shared/, so the fixtures are always ../shared from the repo root.
+export const FIXTURES = path.resolve(REPO, '..', 'shared', 'fixtures', 'sdvae-ch32');
+export const FIXTURE_MODEL = path.join(FIXTURES, 'torch-export.onnx');
+
+export function tempDir(t: TestContext, prefix = 'latent-decoder-'): string {
+  const dir = mkdtempSync(path.join(os.tmpdir(), prefix));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  return dir;
+}
+
+export interface TestService {
+  app: ReturnType<typeof buildApp>;
+  ctx: AppContext;
+  registry: ModelRegistry;
+  batches: (BatchInfo & { model: string })[];
+}
+
+/** The service on the fixture decoder (unless MODEL_PATH says otherwise), CPU, silent logs. */
+export async function startService(t: TestContext, env: Record<string, string> = {}): Promise<TestService> {
+  const cfg = loadConfig({
+    MODEL_PATH: FIXTURE_MODEL,
+    MODELS_DIR: tempDir(t),
+    EXECUTION_PROVIDERS: 'cpu',
+    LOG_LEVEL: 'silent',
+    ...env,
+  });
+  const log = pino({ level: 'silent' });
+  const batches: TestService['batches'] = [];
+  const registry = await ModelRegistry.load(cfg, log, (model, info) => batches.push({ model, ...info }));
+  const ctx: AppContext = { config: cfg, registry, draining: false, inflight: 0 };
+  const app = buildApp(ctx, { logger: log });
+  t.after(async () => {
+    await app.close();
+    await registry.close();
+  });
+  await app.ready();
+  return { app, ctx, registry, batches };
+}
+
+export interface Fixture {
+  /** [2, 4, 16, 16] decoder-space latents. */
+  latents: Float32Array;
+  /** [2, 3, 128, 128] float decoder output. */
+  reference: Float32Array;
+  /** [2, 128, 128, 3] uint8 postprocessed. */
+  rgb: Uint8Array;
+}
+
+let fixture: Promise<Fixture> | undefined;
+export function loadFixture(): Promise<Fixture> {
+  fixture ??= (async () => ({
+    latents: (await readNpy(path.join(FIXTURES, 'latents.npy'))).data as Float32Array,
+    reference: (await readNpy(path.join(FIXTURES, 'reference.npy'))).data as Float32Array,
+    rgb: (await readNpy(path.join(FIXTURES, 'reference-rgb.npy'))).data as Uint8Array,
+  }))();
+  return fixture;
+}
+
+export const LATENT = 4 * 16 * 16;
+export const RGB = 128 * 128 * 3;
+
+/** Sample i of the fixture latents, optionally scaled (distinct latents for batching tests). */
+export function sampleLatents(f: Fixture, i: number, scale = 1): Float32Array {
+  return f.latents.slice(i * LATENT, (i + 1) * LATENT).map((v) => v * scale);
+}
+
+export const bytesOf = (a: Float32Array | Uint8Array): Buffer => Buffer.from(a.buffer, a.byteOffset, a.byteLength);
+
+/** Decodes an encoded image back to RGB bytes. */
+export async function pixels(img: Buffer): Promise<{ data: Buffer; width: number; height: number; channels: number }> {
+  const { data, info } = await sharp(img).removeAlpha().raw().toBuffer({ resolveWithObject: true });
+  return { data, width: info.width, height: info.height, channels: info.channels };
+}
+
+export function maxAbsDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
+  if (a.length !== b.length) throw new Error(`length ${a.length} != ${b.length}`);
+  let m = 0;
+  for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs(a[i]! - b[i]!));
+  return m;
+}
