@@ -4,8 +4,9 @@ import { spawnSync } from 'node:child_process';
 import { readFile, readdir, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { convertCheckpoint } from '../src/models/convert.js';
-import { encodeNpy, parseNpy, readNpy } from '../src/models/npy.js';
-import { float32ToHalf, halfToFloat32, writeSafetensors } from '../src/models/safetensors.js';
+import { encodeNpy, parseNpy, readNpy } from '../src/latents/npy.js';
+import { halfBitsToFloat32, toFloat16Bits } from '../src/latents/dtype.js';
+import { writeSafetensors } from '../src/models/safetensors.js';
 import type { VaeConfig } from '../src/models/vae-weights.js';
 import { seededVae } from '../scripts/make-seeded-vae.js';
 import { REPO_ROOT, compareWithReference, fixture, modelMetadata, rewriteCheckpoint, runDecoder, tempDir } from './helpers/convert-fixtures.js';
@@ -157,7 +158,7 @@ test('npy: reads the fixtures and round-trips <f4, <f2 and |u1', async () => {
   // reference-rgb.npy is round(clamp(x/2 + 0.5, 0, 1) * 255) in NHWC of reference.npy (NCHW)
   const x = ref[(1 * 3 + 2) * 128 * 128 + 5 * 128 + 7]!;
   assert.equal(rgb.data[((1 * 128 + 5) * 128 + 7) * 3 + 2], Math.round(Math.min(1, Math.max(0, x / 2 + 0.5)) * 255));
-  const half = float32ToHalf(new Float32Array([1, -2.5, 65504, 1e-7, 0.1]));
+  const half = toFloat16Bits(new Float32Array([1, -2.5, 65504, 1e-7, 0.1]));
   for (const arr of [
     { dtype: '<f4' as const, shape: [2, 2], data: new Float32Array([1, 2, 3, 4]) },
     { dtype: '<f2' as const, shape: [5], data: half },
@@ -166,7 +167,7 @@ test('npy: reads the fixtures and round-trips <f4, <f2 and |u1', async () => {
     const back = parseNpy(encodeNpy(arr));
     assert.deepEqual(back, arr);
   }
-  assert.deepEqual([...halfToFloat32(half)], [1, -2.5, 65504, 1.1920928955078125e-7, 0.0999755859375]);
+  assert.deepEqual([...halfBitsToFloat32(half)], [1, -2.5, 65504, 1.1920928955078125e-7, 0.0999755859375]);
 });
 
 test('npy: truncated data is refused', () => {

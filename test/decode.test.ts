@@ -2,7 +2,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { toFloat32 } from '../src/latents/dtype.js';
-import { encodeNpy } from '../src/models/npy.js';
+import { encodeNpy } from '../src/latents/npy.js';
 import { LATENT, RGB, bytesOf, loadFixture, maxAbsDiff, pixels, sampleLatents, startService } from './helpers/service.js';
 
 const Q = 'scaling_factor=1'; // the fixture latents are already in decoder space

@@ -3,7 +3,7 @@
 import { readFile } from 'node:fs/promises';
 import { parentPort, workerData } from 'node:worker_threads';
 import * as ort from 'onnxruntime-node';
-import { halfToFloat, toFloat16Bits } from '../latents/dtype.js';
+import { halfBitsToFloat32, toFloat16Bits } from '../latents/dtype.js';
 import { IMAGE_OUTPUT, withPostprocess } from '../models/postprocess.js';
 import type { ModelIo, RunOutputs, RunRequest, WorkerInit, WorkerMessage } from './protocol.js';
 
@@ -37,11 +37,7 @@ function owned(view: ArrayBufferView): ArrayBuffer {
 }
 
 function toFloat32(t: ort.Tensor): Float32Array {
-  if (t.type === 'float32') return t.data as Float32Array;
-  const bits = t.data as Uint16Array;
-  const out = new Float32Array(bits.length);
-  for (let i = 0; i < bits.length; i++) out[i] = halfToFloat(bits[i]!);
-  return out;
+  return t.type === 'float32' ? (t.data as Float32Array) : halfBitsToFloat32(t.data as Uint16Array);
 }
 
 async function main(): Promise<void> {

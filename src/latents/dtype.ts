@@ -53,6 +53,20 @@ function table(): Float32Array {
   return halfTable;
 }
 
+export function halfBitsToFloat32(bits: Uint16Array): Float32Array {
+  const t = table();
+  const out = new Float32Array(bits.length);
+  for (let i = 0; i < bits.length; i++) out[i] = t[bits[i]!]!;
+  return out;
+}
+
+export function bfloat16BitsToFloat32(bits: Uint16Array): Float32Array {
+  const out = new Float32Array(bits.length);
+  const words = new Uint32Array(out.buffer);
+  for (let i = 0; i < bits.length; i++) words[i] = bits[i]! << 16;
+  return out;
+}
+
 /** Decodes little-endian `bytes` of `dtype` into a new Float32Array (handles any alignment). */
 export function toFloat32(bytes: Uint8Array, dtype: WireDtype): Float32Array {
   const n = bytes.byteLength / BYTES_PER_ELEMENT[dtype];
@@ -63,15 +77,7 @@ export function toFloat32(bytes: Uint8Array, dtype: WireDtype): Float32Array {
   }
   const bits = new Uint16Array(n);
   new Uint8Array(bits.buffer).set(bytes);
-  const out = new Float32Array(n);
-  if (dtype === 'float16') {
-    const t = table();
-    for (let i = 0; i < n; i++) out[i] = t[bits[i]!]!;
-  } else {
-    const o32 = new Uint32Array(out.buffer);
-    for (let i = 0; i < n; i++) o32[i] = bits[i]! << 16;
-  }
-  return out;
+  return dtype === 'float16' ? halfBitsToFloat32(bits) : bfloat16BitsToFloat32(bits);
 }
 
 export function toFloat16Bits(src: Float32Array): Uint16Array {

@@ -4,6 +4,7 @@
 // decoder space: z = latents / scaling_factor + shift_factor.
 import { ServiceError } from '../errors.js';
 import { BYTES_PER_ELEMENT, toFloat32, type WireDtype } from './dtype.js';
+import { parseNpy, type NpyArray, type NpyDtype } from './npy.js';
 import { parseDtype, parseOptions, parseShape, type DecodeOptions } from './options.js';
 
 export type BodyKind = 'raw' | 'npy' | 'json';
@@ -41,7 +42,7 @@ export function parseBody(kind: BodyKind, body: Buffer | undefined, query: Recor
   }
   switch (kind) {
     case 'raw': return fromBytes(body, parseOptions(query));
-    case 'npy': return parseNpy(body, query);
+    case 'npy': return parseNpyBody(body, query);
     case 'json': return parseJson(body);
   }
 }
@@ -60,36 +61,23 @@ function fromBytes(bytes: Uint8Array, options: DecodeOptions): ParsedBody {
   return { values: toFloat32(bytes, options.dtype), shape: options.shape, byteLength: bytes.byteLength, options };
 }
 
-const NPY_MAGIC = Buffer.from([0x93, 0x4e, 0x55, 0x4d, 0x50, 0x59]); // \x93NUMPY
-const NPY_DESCR: Record<string, WireDtype> = { '<f4': 'float32', '<f2': 'float16', '|f2': 'float16' };
+const NPY_DTYPES: Partial<Record<NpyDtype, WireDtype>> = { '<f4': 'float32', '<f2': 'float16' };
 
-function npyError(msg: string): ServiceError {
-  return new ServiceError('BAD_NPY', `malformed .npy: ${msg}`);
-}
-
-function parseNpy(buf: Buffer, query: Record<string, unknown>): ParsedBody {
-  if (buf.length < 10 || !buf.subarray(0, 6).equals(NPY_MAGIC)) throw npyError('it does not start with the \\x93NUMPY magic');
-  const major = buf[6]!;
-  if (major < 1 || major > 3) throw npyError(`format version ${major}.${buf[7]} is not 1.0, 2.0 or 3.0`);
-  const lenBytes = major === 1 ? 2 : 4;
-  const headerLen = major === 1 ? buf.readUInt16LE(8) : buf.readUInt32LE(8);
-  const start = 8 + lenBytes;
-  if (start + headerLen > buf.length) throw npyError(`the header says it is ${headerLen} bytes but the file has ${buf.length - start} after the preamble`);
-  const header = buf.subarray(start, start + headerLen).toString(major === 3 ? 'utf8' : 'latin1');
-  const descr = /'descr'\s*:\s*'([^']*)'/.exec(header)?.[1];
-  const fortran = /'fortran_order'\s*:\s*(True|False)/.exec(header)?.[1];
-  const shapeText = /'shape'\s*:\s*\(([^)]*)\)/.exec(header)?.[1];
-  if (descr === undefined || fortran === undefined || shapeText === undefined) {
-    throw npyError(`the header ${JSON.stringify(header.trim())} lacks descr, fortran_order or shape`);
+function parseNpyBody(buf: Buffer, query: Record<string, unknown>): ParsedBody {
+  let arr: NpyArray;
+  try {
+    arr = parseNpy(buf, 'the .npy body');
+  } catch (e) {
+    throw new ServiceError('BAD_NPY', (e as Error).message);
   }
-  const dtype = NPY_DESCR[descr];
-  if (!dtype) throw npyError(`dtype ${descr} is not supported: use little-endian float32 (<f4) or float16 (<f2)`);
-  if (fortran === 'True') throw npyError('Fortran order is not supported: save a C-ordered array (np.ascontiguousarray)');
-  const shape = parseShape(shapeText.split(',').map((s) => s.trim()).filter(Boolean));
-  if (!shape) throw npyError('the shape is empty');
+  const dtype = NPY_DTYPES[arr.dtype];
+  if (!dtype) throw new ServiceError('BAD_NPY', `the .npy body holds ${arr.dtype}; send little-endian float32 (<f4) or float16 (<f2)`);
+  const shape = parseShape(arr.shape);
+  if (!shape) throw new ServiceError('BAD_NPY', 'the .npy body has an empty shape');
   // Options still come from the query string; the header decides shape and dtype.
   const options = { ...parseOptions({ ...query, shape: undefined, dtype: undefined }), shape, dtype };
-  return fromBytes(buf.subarray(start + headerLen), options);
+  const data = arr.data;
+  return fromBytes(new Uint8Array(data.buffer, data.byteOffset, data.byteLength), options);
 }
 
 const BASE64 = /^[A-Za-z0-9+/\-_]*={0,2}$/;

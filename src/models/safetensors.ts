@@ -2,6 +2,7 @@
 // multi-gigabyte full checkpoint touches only the decoder's few hundred megabytes, and a writer
 // for tests and tools. Format: 8-byte little-endian header length, a JSON header, the data.
 import { open, type FileHandle } from 'node:fs/promises';
+import { bfloat16BitsToFloat32, halfBitsToFloat32, toFloat16Bits } from '../latents/dtype.js';
 
 export type StDtype = 'F32' | 'F16' | 'BF16';
 const ITEM_SIZE: Record<string, number> = {
@@ -72,13 +73,13 @@ export class SafetensorsFile {
     const raw = await this.readRaw(name);
     if (dtype === 'F32') return new Float32Array(alignedCopy(raw).buffer);
     const bits = new Uint16Array(alignedCopy(raw).buffer);
-    return dtype === 'F16' ? halfToFloat32(bits) : bfloat16ToFloat32(bits);
+    return dtype === 'F16' ? halfBitsToFloat32(bits) : bfloat16BitsToFloat32(bits);
   }
 
   /** The tensor as IEEE float16 bits; float16 data is copied bit for bit, other types rounded. */
   async readFloat16(name: string): Promise<Uint16Array> {
     if (this.floatDtype(name) === 'F16') return new Uint16Array(alignedCopy(await this.readRaw(name)).buffer);
-    return float32ToHalf(await this.readFloat32(name));
+    return toFloat16Bits(await this.readFloat32(name));
   }
 
   close(): Promise<void> {
@@ -172,72 +173,3 @@ export async function writeSafetensors(path: string, tensors: TensorToWrite[], m
   }
 }
 
-const f32 = new Float32Array(1);
-const u32 = new Uint32Array(f32.buffer);
-
-export function halfToFloat32(bits: Uint16Array): Float32Array {
-  const out = new Float32Array(bits.length);
-  for (let i = 0; i < bits.length; i++) {
-    const h = bits[i]!;
-    const sign = h & 0x8000 ? -1 : 1;
-    const exp = (h >> 10) & 0x1f;
-    const frac = h & 0x3ff;
-    if (exp === 0) out[i] = sign * frac * 2 ** -24;
-    else if (exp === 31) out[i] = frac ? NaN : sign * Infinity;
-    else out[i] = sign * (1024 + frac) * 2 ** (exp - 25);
-  }
-  return out;
-}
-
-export function bfloat16ToFloat32(bits: Uint16Array): Float32Array {
-  const out = new Float32Array(bits.length);
-  const words = new Uint32Array(out.buffer);
-  for (let i = 0; i < bits.length; i++) words[i] = bits[i]! << 16;
-  return out;
-}
-
-/** Rounds to the nearest float16, ties to even, as torch's .half() does. */
-export function float32ToHalf(values: Float32Array): Uint16Array {
-  const out = new Uint16Array(values.length);
-  for (let i = 0; i < values.length; i++) {
-    f32[0] = values[i]!;
-    const x = u32[0]!;
-    const sign = (x >>> 16) & 0x8000;
-    const exp = (x >>> 23) & 0xff;
-    let mant = x & 0x7fffff;
-    if (exp === 0xff) {
-      out[i] = sign | 0x7c00 | (mant ? 0x200 : 0);
-      continue;
-    }
-    let e = exp - 127 + 15;
-    if (e >= 31) {
-      out[i] = sign | 0x7c00;
-      continue;
-    }
-    if (e <= 0) {
-      if (e < -10) {
-        out[i] = sign;
-        continue;
-      }
-      mant |= 0x800000; // the implicit leading bit becomes explicit in a subnormal
-      const shift = 14 - e;
-      const half = 1 << (shift - 1);
-      let m = mant >>> shift;
-      const rest = mant & ((1 << shift) - 1);
-      if (rest > half || (rest === half && m & 1)) m++;
-      out[i] = sign | m;
-      continue;
-    }
-    let m = mant >>> 13;
-    const rest = mant & 0x1fff;
-    if (rest > 0x1000 || (rest === 0x1000 && m & 1)) {
-      m++;
-      if (m === 0x400) {
-        m = 0;
-        e++;
-      }
-    }
-    out[i] = e >= 31 ? sign | 0x7c00 : sign | (e << 10) | m;
-  }
-  return out;
-}

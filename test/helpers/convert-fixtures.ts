@@ -7,7 +7,7 @@ import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { TestContext } from 'node:test';
 import * as ort from 'onnxruntime-node';
-import { readNpy } from '../../src/models/npy.js';
+import { readNpy } from '../../src/latents/npy.js';
 import { decodeModel } from '../../src/models/onnx-graph.js';
 import { SafetensorsFile, writeSafetensors, type TensorToWrite } from '../../src/models/safetensors.js';
 

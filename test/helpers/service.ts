@@ -11,7 +11,7 @@ import { buildApp, type AppContext } from '../../src/app.js';
 import type { BatchInfo } from '../../src/batching/batcher.js';
 import { loadConfig } from '../../src/config.js';
 import { ModelRegistry } from '../../src/models/registry.js';
-import { readNpy } from '../../src/models/npy.js';
+import { readNpy } from '../../src/latents/npy.js';
 
 export const REPO = path.resolve(fileURLToPath(new URL('../..', import.meta.url)));
 // CI clones the repo next to shared/, so the fixtures are always ../shared from the repo root.

@@ -1,0 +1,182 @@
+// The `latent-decoder` command: convert a checkpoint, pull a VAE from the Hugging Face Hub, list
+// the model repository. Usage errors exit 2, failures exit 1, both with one line on stderr.
+import { readdir, readFile, stat } from 'node:fs/promises';
+import { join, resolve } from 'node:path';
+import { pathToFileURL } from 'node:url';
+import { parseArgs, type ParseArgsConfig } from 'node:util';
+import { CONFIG_FILE, MODEL_FILE, convertCheckpoint, type ConvertResult, type ModelConfig } from './models/convert.js';
+import { pull } from './models/hub.js';
+
+const DEFAULT_MODELS_DIR = 'models';
+
+const HELP: Record<string, string> = {
+  main: `Usage: latent-decoder <command> [options]
+
+Commands:
+  convert <weights.safetensors> <out.onnx>   convert a VAE checkpoint to an ONNX decoder
+  pull <hf-repo-id>                          download a diffusers VAE from the Hub and convert it
+  models                                     list the converted models
+
+Run 'latent-decoder <command> --help' for a command's options.`,
+  convert: `Usage: latent-decoder convert <weights.safetensors> <out.onnx> [options]
+
+Reads LDM (first_stage_model./vae./bare) or diffusers AutoencoderKL safetensors, F32/F16/BF16.
+When <out.onnx> is <dir>/model.onnx, config.json is written beside it (a model repository folder).
+
+Options:
+  --fp16                 float16 weights and compute (float32 input and output)
+  --name NAME            model name (default: the folder or file name)
+  --scaling-factor F     latent scaling factor (default 0.18215; required for non-4-channel VAEs)
+  --shift-factor S       latent shift factor (default 0)
+  -h, --help             show this help`,
+  pull: `Usage: latent-decoder pull <hf-repo-id> [options]
+
+Downloads <subfolder>/config.json and diffusion_pytorch_model[.fp16].safetensors from the Hub
+(HF_ENDPOINT, HF_TOKEN honoured), then converts into <models-dir>/<name>/.
+
+Options:
+  --revision REV         branch, tag or commit (default main)
+  --subfolder DIR        folder holding the VAE (default vae; '' for a VAE-only repository)
+  --name NAME            model name (default: the repository name)
+  --fp16                 float16 weights and compute
+  --models-dir DIR       model repository folder (default ${DEFAULT_MODELS_DIR})
+  -h, --help             show this help`,
+  models: `Usage: latent-decoder models [--models-dir DIR]
+
+Lists the folders of the model repository that hold ${CONFIG_FILE} and ${MODEL_FILE}.`,
+};
+
+class UsageError extends Error {}
+
+type Options = NonNullable<ParseArgsConfig['options']>;
+const HELP_OPTION: Options = { help: { type: 'boolean', short: 'h' } };
+
+function parse(command: string, args: string[], options: Options, positionals: number) {
+  let parsed;
+  try {
+    parsed = parseArgs({ args, options: { ...options, ...HELP_OPTION }, allowPositionals: true, strict: true });
+  } catch (err) {
+    throw new UsageError((err as Error).message);
+  }
+  if (parsed.values.help) return undefined;
+  if (parsed.positionals.length !== positionals) {
+    throw new UsageError(`${command} takes ${positionals} argument${positionals === 1 ? '' : 's'}, got ${parsed.positionals.length}`);
+  }
+  return { values: parsed.values as Record<string, string | boolean | undefined>, positionals: parsed.positionals };
+}
+
+function numberOption(values: Record<string, unknown>, key: string): number | undefined {
+  const v = values[key];
+  if (v === undefined) return undefined;
+  const n = Number(v);
+  if (typeof v !== 'string' || v.trim() === '' || !Number.isFinite(n)) throw new UsageError(`--${key} must be a number, got ${JSON.stringify(v)}`);
+  return n;
+}
+
+/** A one-line progress display, only when a person is watching stderr. */
+function progress(label: string): ((done: number, total: number) => void) | undefined {
+  if (!process.stderr.isTTY) return undefined;
+  return (done, total) => {
+    const pct = total > 0 ? ` ${((100 * done) / total).toFixed(0)}%` : ` ${(done / 2 ** 20).toFixed(1)} MiB`;
+    process.stderr.write(`\r${label}${pct}\x1b[K${total > 0 && done >= total ? '\n' : ''}`);
+  };
+}
+
+function report(r: ConvertResult, out: string): void {
+  const c = r.config;
+  console.log(`${out}: ${c.name}, ${c.latentChannels} latent channels, ch ${c.ch} × [${c.chMult.join(', ')}], ` +
+    `${c.numResBlocks} res blocks, ${c.precision}, scaling ${c.scalingFactor} shift ${c.shiftFactor}, ` +
+    `${(r.bytes / 2 ** 20).toFixed(1)} MiB in ${r.seconds.toFixed(1)} s`);
+}
+
+async function convertCommand(args: string[]): Promise<void> {
+  const p = parse('convert', args, {
+    fp16: { type: 'boolean' },
+    name: { type: 'string' },
+    'scaling-factor': { type: 'string' },
+    'shift-factor': { type: 'string' },
+  }, 2);
+  if (!p) return void console.log(HELP.convert);
+  const [weights, out] = p.positionals as [string, string];
+  const result = await convertCheckpoint({
+    weights,
+    out,
+    fp16: p.values.fp16 === true,
+    name: p.values.name as string | undefined,
+    scalingFactor: numberOption(p.values, 'scaling-factor'),
+    shiftFactor: numberOption(p.values, 'shift-factor'),
+    onProgress: progress('converting'),
+  });
+  report(result, out);
+}
+
+async function pullCommand(args: string[]): Promise<void> {
+  const p = parse('pull', args, {
+    revision: { type: 'string' },
+    subfolder: { type: 'string' },
+    name: { type: 'string' },
+    fp16: { type: 'boolean' },
+    'models-dir': { type: 'string' },
+  }, 1);
+  if (!p) return void console.log(HELP.pull);
+  const show = { download: progress('downloading'), convert: progress('converting') };
+  const result = await pull(p.positionals[0]!, {
+    revision: p.values.revision as string | undefined,
+    subfolder: p.values.subfolder as string | undefined,
+    name: p.values.name as string | undefined,
+    fp16: p.values.fp16 === true,
+    modelsDir: (p.values['models-dir'] as string | undefined) ?? DEFAULT_MODELS_DIR,
+    onProgress: (phase, done, total) => show[phase]?.(done, total),
+  });
+  report(result, join(result.dir, MODEL_FILE));
+}
+
+async function modelsCommand(args: string[]): Promise<void> {
+  const p = parse('models', args, { 'models-dir': { type: 'string' } }, 0);
+  if (!p) return void console.log(HELP.models);
+  const dir = resolve((p.values['models-dir'] as string | undefined) ?? DEFAULT_MODELS_DIR);
+  const entries = await readdir(dir, { withFileTypes: true }).catch((err: NodeJS.ErrnoException) => {
+    if (err.code === 'ENOENT') throw new Error(`models folder ${dir} does not exist`);
+    throw err;
+  });
+  const rows: string[][] = [];
+  for (const e of entries.filter((x) => x.isDirectory() && !x.name.startsWith('.')).sort((a, b) => a.name.localeCompare(b.name))) {
+    const config = await readFile(join(dir, e.name, CONFIG_FILE), 'utf8').then((t) => JSON.parse(t) as ModelConfig, () => undefined);
+    if (!config) continue;
+    const size = await stat(join(dir, e.name, MODEL_FILE)).then((s) => `${(s.size / 2 ** 20).toFixed(1)} MiB`, () => 'missing');
+    rows.push([config.name ?? e.name, String(config.latentChannels), config.precision, String(config.scalingFactor), String(config.shiftFactor ?? 0), size]);
+  }
+  if (rows.length === 0) return void console.log(`no models in ${dir}`);
+  const table = [['NAME', 'CHANNELS', 'PRECISION', 'SCALING', 'SHIFT', 'SIZE'], ...rows];
+  const widths = table[0]!.map((_, i) => Math.max(...table.map((r) => r[i]!.length)));
+  for (const r of table) console.log(r.map((cell, i) => cell.padEnd(widths[i]!)).join('  ').trimEnd());
+}
+
+const COMMANDS: Record<string, (args: string[]) => Promise<void>> = {
+  convert: convertCommand,
+  pull: pullCommand,
+  models: modelsCommand,
+};
+
+/** Runs the command line; returns the exit code. */
+export async function main(argv: string[]): Promise<number> {
+  const [command, ...rest] = argv;
+  if (command === undefined || command === '--help' || command === '-h' || command === 'help') {
+    console.log(HELP.main);
+    return command === undefined ? 2 : 0;
+  }
+  const run = COMMANDS[command];
+  try {
+    if (!run) throw new UsageError(`unknown command ${JSON.stringify(command)}`);
+    await run(rest);
+    return 0;
+  } catch (err) {
+    const usage = err instanceof UsageError;
+    process.stderr.write(`latent-decoder: ${(err as Error).message}\n${usage ? `Run 'latent-decoder ${run ? `${command} ` : ''}--help' for usage.\n` : ''}`);
+    return usage ? 2 : 1;
+  }
+}
+
+if (process.argv[1] && import.meta.url === pathToFileURL(resolve(process.argv[1])).href) {
+  process.exitCode = await main(process.argv.slice(2));
+}
