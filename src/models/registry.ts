@@ -7,24 +7,22 @@ import { readdir, readFile } from 'node:fs/promises';
 import path from 'node:path';
 import type { Config } from '../config.js';
 import type { RunnerLogger } from '../inference/runner.js';
+import { CONFIG_FILE, MODEL_FILE, type ModelConfig } from './convert.js';
 import { buildPreviewDecoder, PREVIEW_MODEL_NAME, PREVIEW_SCALING_FACTOR } from './preview.js';
 import { ServedModel, type BatchListener, type ModelSpec } from './served-model.js';
 
-export interface ModelConfigFile {
-  name?: string;
-  scalingFactor?: number;
-  shiftFactor?: number;
-  latentChannels?: number;
-  precision?: string;
-  source?: string;
-}
+/** A repository folder's config.json (what `convert` writes) or a MODEL_PATH sidecar: all optional. */
+export type ModelConfigFile = Partial<ModelConfig>;
 
 const NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
 
-/** Scaling defaults by latent channels: SD 1.x/2.x for 4, SD3 for 16 (FLUX needs its config). */
-export function defaultFactors(channels: number): { scalingFactor: number; shiftFactor: number } {
-  if (channels === 16) return { scalingFactor: 1.5305, shiftFactor: 0.0609 };
-  return { scalingFactor: 0.18215, shiftFactor: 0 };
+/**
+ * Scaling defaults when neither config.json nor the ONNX metadata say: SD 1.x/2.x for 4 channels,
+ * SD3 for 16 (FLUX shares its shapes and needs its own factors in a config).
+ */
+export function defaultFactors(channels: number): { scalingFactor: number; shiftFactor: number; guessed: boolean } {
+  if (channels === 16) return { scalingFactor: 1.5305, shiftFactor: 0.0609, guessed: true };
+  return { scalingFactor: 0.18215, shiftFactor: 0, guessed: channels !== 4 };
 }
 
 async function readJson(file: string): Promise<ModelConfigFile> {
@@ -61,9 +59,9 @@ export async function discoverModels(cfg: Config): Promise<ModelSpec[]> {
   if (existsSync(dir)) {
     for (const entry of (await readdir(dir, { withFileTypes: true })).sort((a, b) => a.name.localeCompare(b.name))) {
       if (!entry.isDirectory() || entry.name.startsWith('.')) continue;
-      const onnx = path.join(dir, entry.name, 'model.onnx');
+      const onnx = path.join(dir, entry.name, MODEL_FILE);
       if (!existsSync(onnx)) continue;
-      const confFile = path.join(dir, entry.name, 'config.json');
+      const confFile = path.join(dir, entry.name, CONFIG_FILE);
       const conf = existsSync(confFile) ? await readJson(confFile) : {};
       specs.push({ name: conf.name ?? entry.name, modelPath: onnx, file: conf, builtin: false });
     }

@@ -45,14 +45,17 @@ export class ServedModel implements ModelLimits {
   readonly scalingFactor: number;
   readonly shiftFactor: number;
   readonly maxLatentSide: number;
+  readonly factorsGuessed: boolean;
   private readonly fixedSide: [number | string, number | string];
   private constructor(readonly spec: ModelSpec, readonly runner: InferenceRunner, cfg: Config, onBatch?: BatchListener) {
     const io = runner.io;
     const meta = io.metadata;
     const defaults = defaultFactors(io.channels);
     const metaNum = (k: string): number | undefined => (meta[k] !== undefined && Number.isFinite(Number(meta[k])) ? Number(meta[k]) : undefined);
-    this.scalingFactor = spec.file.scalingFactor ?? metaNum('scaling_factor') ?? defaults.scalingFactor;
-    this.shiftFactor = spec.file.shiftFactor ?? metaNum('shift_factor') ?? defaults.shiftFactor;
+    const scaling = spec.file.scalingFactor ?? metaNum('scaling_factor');
+    this.scalingFactor = scaling ?? defaults.scalingFactor;
+    this.shiftFactor = spec.file.shiftFactor ?? metaNum('shift_factor') ?? (scaling === undefined ? defaults.shiftFactor : 0);
+    this.factorsGuessed = scaling === undefined && defaults.guessed;
     this.maxLatentSide = cfg.maxLatentSide;
     this.fixedSide = [io.inputShape[2]!, io.inputShape[3]!];
     const fixedBatch = typeof io.inputShape[0] === 'number' ? io.inputShape[0] : Infinity;
@@ -70,6 +73,10 @@ export class ServedModel implements ModelLimits {
       intraOpThreads: cfg.intraOpThreads, warmupLatentSide: cfg.warmupLatentSide,
     }, log);
     const m = new ServedModel(spec, runner, cfg, onBatch);
+    if (m.factorsGuessed) {
+      log.warn({ model: m.name, channels: m.channels, scalingFactor: m.scalingFactor, shiftFactor: m.shiftFactor },
+        `model ${m.name} does not say its scaling factor; guessing from its ${m.channels} channels (set scalingFactor and shiftFactor in its config.json)`);
+    }
     log.info({ model: m.name, provider: m.io.provider, channels: m.io.channels, inputType: m.io.inputType,
       loadMs: Math.round(m.io.loadMs), warmupMs: Math.round(m.io.warmupMs), scalingFactor: m.scalingFactor, shiftFactor: m.shiftFactor },
     `model ${m.name} ready on ${m.io.provider}`);

@@ -1,25 +1,15 @@
 // Shared by the conversion and pull tests: the golden fixtures (in ../shared beside the
 // repository, as CI lays it out), temp folders, running a decoder on ONNX Runtime, and
 // rewriting a checkpoint's tensors.
-import { mkdtemp, readFile, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import { join, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
-import type { TestContext } from 'node:test';
+import { readFile } from 'node:fs/promises';
 import * as ort from 'onnxruntime-node';
 import { readNpy } from '../../src/latents/npy.js';
 import { decodeModel } from '../../src/models/onnx-graph.js';
 import { SafetensorsFile, writeSafetensors, type TensorToWrite } from '../../src/models/safetensors.js';
 
-export const REPO_ROOT = resolve(fileURLToPath(new URL('../..', import.meta.url)));
-export const FIXTURES = resolve(REPO_ROOT, '..', 'shared', 'fixtures', 'sdvae-ch32');
-export const fixture = (file: string): string => join(FIXTURES, file);
+import { fixture } from './paths.js';
 
-export async function tempDir(t: TestContext): Promise<string> {
-  const dir = await mkdtemp(join(tmpdir(), 'latent-decoder-convert-'));
-  t.after(() => rm(dir, { recursive: true, force: true }));
-  return dir;
-}
+export { REPO as REPO_ROOT, FIXTURES, fixture, tempDir } from './paths.js';
 
 export async function runDecoder(modelPath: string, latents: Float32Array, dims: number[]): Promise<{ data: Float32Array; dims: readonly number[] }> {
   const session = await ort.InferenceSession.create(modelPath);

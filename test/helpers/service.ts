@@ -1,10 +1,7 @@
 // Builds the real service for tests: the real ONNX Runtime session on the fixture decoder (or any
 // model), real sharp, requests through app.inject() or a real socket.
-import { mkdtempSync, rmSync } from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
 import type { TestContext } from 'node:test';
-import { fileURLToPath } from 'node:url';
 import pino from 'pino';
 import sharp from 'sharp';
 import { buildApp, type AppContext } from '../../src/app.js';
@@ -13,16 +10,9 @@ import { loadConfig } from '../../src/config.js';
 import { ModelRegistry } from '../../src/models/registry.js';
 import { readNpy } from '../../src/latents/npy.js';
 
-export const REPO = path.resolve(fileURLToPath(new URL('../..', import.meta.url)));
-// CI clones the repo next to shared/, so the fixtures are always ../shared from the repo root.
-export const FIXTURES = path.resolve(REPO, '..', 'shared', 'fixtures', 'sdvae-ch32');
-export const FIXTURE_MODEL = path.join(FIXTURES, 'torch-export.onnx');
+import { FIXTURES, FIXTURE_MODEL, tempDir } from './paths.js';
 
-export function tempDir(t: TestContext, prefix = 'latent-decoder-'): string {
-  const dir = mkdtempSync(path.join(os.tmpdir(), prefix));
-  t.after(() => rmSync(dir, { recursive: true, force: true }));
-  return dir;
-}
+export { FIXTURES, FIXTURE_MODEL, REPO, tempDir } from './paths.js';
 
 export interface TestService {
   app: ReturnType<typeof buildApp>;
