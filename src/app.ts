@@ -1,12 +1,24 @@
-// The Fastify application: body parsing, error mapping and routes, nothing else.
+// The Fastify application: body parsing, auth, error mapping, metrics, docs and routes, nothing else.
 import Fastify, { type FastifyInstance, type FastifyServerOptions } from 'fastify';
 import { randomUUID } from 'node:crypto';
+import { bearerAuth } from './auth.js';
 import type { Config } from './config.js';
 import { ServiceError, isServiceError, type ErrorCode } from './errors.js';
+import { Metrics } from './metrics.js';
 import type { ModelRegistry } from './models/registry.js';
+import { registerDocs } from './plugins/swagger.js';
 import { decodeRoutes, type DecodeObserver } from './routes/decode.js';
 import { healthRoutes } from './routes/health.js';
+import { metricsRoutes } from './routes/metrics.js';
 import { modelRoutes } from './routes/models.js';
+import { errorSchema } from './schemas.js';
+
+declare module 'fastify' {
+  interface FastifyInstance {
+    /** This app's Prometheus registry and recorders; pass `metrics.onBatch` to ModelRegistry.load. */
+    metrics: Metrics;
+  }
+}
 
 /** What the routes share: set once the models are up, flipped when draining. */
 export interface AppContext {
@@ -48,7 +60,8 @@ export function buildApp(ctx: AppContext, opts: { logger: FastifyServerOptions['
     else {
       const fe = err as { code?: string; statusCode?: number; message: string };
       const code = fe.code ? FASTIFY_CODES[fe.code] : undefined;
-      if (code) e = new ServiceError(code, fe.message);
+      if (code === 'BODY_TOO_LARGE') e = new ServiceError(code, `the body is over the limit of ${ctx.config.bodyLimitBytes} bytes (BODY_LIMIT_BYTES); send fewer latents per request`);
+      else if (code) e = new ServiceError(code, fe.message);
       else if (fe.statusCode && fe.statusCode < 500) e = new ServiceError('BAD_PARAMETER', fe.message);
       else e = new ServiceError('INTERNAL', 'internal error', { cause: err });
     }
@@ -61,8 +74,17 @@ export function buildApp(ctx: AppContext, opts: { logger: FastifyServerOptions['
     void reply.code(404).send(new ServiceError('NOT_FOUND', `no route ${req.method} ${req.url.split('?')[0]}`).body());
   });
 
-  healthRoutes(app, ctx);
-  modelRoutes(app, ctx);
-  decodeRoutes(app, ctx, opts.observer);
+  const metrics = new Metrics(ctx);
+  app.decorate('metrics', metrics);
+  if (ctx.config.authTokens.length > 0) app.addHook('onRequest', bearerAuth(ctx.config.authTokens));
+  app.addSchema(errorSchema);
+  registerDocs(app);
+  // In a plugin, so that the routes are added after the docs plugin is listening for them.
+  void app.register(async (api) => {
+    healthRoutes(api, ctx);
+    modelRoutes(api, ctx);
+    decodeRoutes(api, ctx, { onDecode: (e) => { metrics.onDecode(e); opts.observer?.onDecode?.(e); } });
+    metricsRoutes(api, metrics);
+  });
   return app;
 }

@@ -48,7 +48,7 @@ process.on('SIGINT', () => void drain('SIGINT'));
 
 await app.listen({ host: cfg.host, port: cfg.port });
 try {
-  const reg = await ModelRegistry.load(cfg, log);
+  const reg = await ModelRegistry.load(cfg, log, app.metrics.onBatch);
   ctx.registry = reg;
   if (reg.defaultName === PREVIEW_MODEL_NAME) {
     log.warn(`serving the built-in preview decoder "${PREVIEW_MODEL_NAME}" (a linear approximation, not the VAE): set MODEL_PATH to an ONNX VAE decoder or convert one into ${cfg.modelsDir}/ with \`npx latent-decoder pull stabilityai/sd-vae-ft-mse\``);

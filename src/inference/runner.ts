@@ -80,6 +80,7 @@ export class InferenceRunner {
 
   /** Runs the model on float32 NCHW latents; `data`'s buffer is transferred (unusable after). */
   run(data: Float32Array, dims: [number, number, number, number], fetch: OutputName[]): Promise<RunResult> {
+    if (this.closing) return Promise.reject(new Error('the inference worker is closed'));
     const id = this.nextId++;
     return new Promise((resolve, reject) => {
       this.pending.set(id, { resolve, reject });

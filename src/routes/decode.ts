@@ -6,9 +6,10 @@ import { BatchTooLargeError, CancelledError, DeadlineError, QueueFullError } fro
 import { ServiceError } from '../errors.js';
 import { CONTENT_TYPES, encodeImage } from '../images/encode.js';
 import type { OutputName } from '../inference/protocol.js';
-import { formatFromAccept } from '../latents/options.js';
+import { formatFromAccept, type ImageFormat } from '../latents/options.js';
 import { bodyKind, parseBody, toDecoderSpace } from '../latents/parse.js';
 import type { AppContext } from '../app.js';
+import { decodeSchema, documentOnly } from '../schemas.js';
 
 export type Outcome = 'ok' | 'rejected' | 'timed_out' | 'cancelled' | 'bad_request' | 'error';
 
@@ -19,9 +20,19 @@ export interface StageTimings {
   encode?: number;
 }
 
+export interface DecodeEvent {
+  model: string | undefined;
+  outcome: Outcome;
+  seconds: number;
+  timings: StageTimings;
+  samples: number;
+  /** What an ok answer carried: an image format or the raw tensor. */
+  format?: ImageFormat | 'tensor';
+}
+
 export interface DecodeObserver {
   /** Once per /decode request, when it is answered (or its client is gone). */
-  onDecode?(e: { model: string | undefined; outcome: Outcome; seconds: number; timings: StageTimings; samples: number }): void;
+  onDecode?(e: DecodeEvent): void;
 }
 
 function toServiceError(e: unknown): ServiceError {
@@ -55,13 +66,13 @@ function timeoutMs(req: FastifyRequest, max: number): number {
 export function decodeRoutes(app: FastifyInstance, ctx: AppContext, observer: DecodeObserver = {}): void {
   const cfg = ctx.config;
 
-  app.post('/decode', async (req: FastifyRequest, reply: FastifyReply) => {
+  app.post('/decode', { schema: decodeSchema, validatorCompiler: documentOnly }, async (req: FastifyRequest, reply: FastifyReply) => {
     const start = performance.now();
     const timings: StageTimings = {};
     let modelName: string | undefined;
     let samples = 0;
-    const done = (outcome: Outcome): void =>
-      observer.onDecode?.({ model: modelName, outcome, seconds: (performance.now() - start) / 1000, timings, samples });
+    const done = (outcome: Outcome, format?: DecodeEvent['format']): void =>
+      observer.onDecode?.({ model: modelName, outcome, seconds: (performance.now() - start) / 1000, timings, samples, format });
     if (ctx.draining) throw new ServiceError('SHUTTING_DOWN', 'the service is shutting down; retry on another replica');
     const registry = ctx.registry;
     if (!registry) throw new ServiceError('NOT_READY', 'the models are still loading; retry shortly');
@@ -104,7 +115,7 @@ export function decodeRoutes(app: FastifyInstance, ctx: AppContext, observer: De
           : [[n, height, width, 3], 'uint8', concat(decoded.images!)];
         reply.header('shape', JSON.stringify(shape)).header('dtype', dtype).type('application/octet-stream');
         timings.encode = performance.now() - t;
-        done('ok');
+        done('ok', 'tensor');
         return Buffer.from(data.buffer, data.byteOffset, data.byteLength);
       }
       const format = opts.format ?? formatFromAccept(req.headers.accept);
@@ -112,7 +123,7 @@ export function decodeRoutes(app: FastifyInstance, ctx: AppContext, observer: De
       const images = await Promise.all(decoded.images!.map((px) => encodeImage(px, decoded.width, decoded.height, enc)));
       timings.encode = performance.now() - t;
       reply.header('server-timing', Object.entries(timings).map(([k, v]) => `${k};dur=${v.toFixed(2)}`).join(', '));
-      done('ok');
+      done('ok', format);
       if (images.length === 1) return reply.type(CONTENT_TYPES[format]).send(images[0]);
       return { images: images.map((b) => ({ contentType: CONTENT_TYPES[format], data: b.toString('base64') })) };
     } catch (e) {

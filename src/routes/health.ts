@@ -3,11 +3,12 @@
 import type { FastifyInstance } from 'fastify';
 import { ServiceError } from '../errors.js';
 import type { AppContext } from '../app.js';
+import { healthzSchema, readyzSchema } from '../schemas.js';
 
 export function healthRoutes(app: FastifyInstance, ctx: AppContext): void {
-  app.get('/healthz', async () => ({ status: 'ok' }));
+  app.get('/healthz', { schema: healthzSchema }, async () => ({ status: 'ok' }));
 
-  app.get('/readyz', async () => {
+  app.get('/readyz', { schema: readyzSchema }, async () => {
     if (ctx.draining) throw new ServiceError('SHUTTING_DOWN', 'the service is draining');
     if (!ctx.registry) throw new ServiceError('NOT_READY', 'the models are loading and warming up');
     return { status: 'ready', models: ctx.registry.names, defaultModel: ctx.registry.defaultName };

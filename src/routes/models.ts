@@ -1,9 +1,10 @@
 // GET /v1/models: what is served, on which execution provider, with which factors.
 import type { FastifyInstance } from 'fastify';
 import type { AppContext } from '../app.js';
+import { modelsSchema } from '../schemas.js';
 
 export function modelRoutes(app: FastifyInstance, ctx: AppContext): void {
-  app.get('/v1/models', async () => {
+  app.get('/v1/models', { schema: modelsSchema }, async () => {
     const reg = ctx.registry;
     return {
       defaultModel: reg?.defaultName ?? null,

@@ -32,9 +32,13 @@ export async function startService(t: TestContext, env: Record<string, string> =
   });
   const log = pino({ level: 'silent' });
   const batches: TestService['batches'] = [];
-  const registry = await ModelRegistry.load(cfg, log, (model, info) => batches.push({ model, ...info }));
-  const ctx: AppContext = { config: cfg, registry, draining: false, inflight: 0 };
+  const ctx: AppContext = { config: cfg, draining: false, inflight: 0 };
   const app = buildApp(ctx, { logger: log });
+  const registry = await ModelRegistry.load(cfg, log, (model, info) => {
+    batches.push({ model, ...info });
+    app.metrics.onBatch(model, info);
+  });
+  ctx.registry = registry;
   t.after(async () => {
     await app.close();
     await registry.close();

@@ -1,0 +1,104 @@
+// The OpenAPI document: served equals committed, valid OpenAPI 3.1, complete; and the route schemas
+// change nothing at run time (no validation on /decode, JSON answers serialized as before).
+import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
+import { test } from 'node:test';
+import { Validator } from '@seriousme/openapi-schema-validator';
+import type { RouteOptions } from 'fastify';
+import pino from 'pino';
+import { buildApp } from '../src/app.js';
+import { loadConfig } from '../src/config.js';
+import { OPENAPI_FILE } from '../scripts/write-openapi.js';
+import { startService } from './helpers/service.js';
+
+const PREVIEW = { MODEL_PATH: '' }; // only the built-in preview model
+const committed = (): Record<string, unknown> => JSON.parse(readFileSync(OPENAPI_FILE, 'utf8'));
+const latents = (n: number): Buffer => Buffer.alloc(n * 4 * 8 * 8 * 4);
+
+test('openapi: the served document is the committed openapi/openapi.json', async (t) => {
+  const { app } = await startService(t, PREVIEW);
+  const res = await app.inject('/docs/json');
+  assert.equal(res.statusCode, 200);
+  assert.deepEqual(res.json(), committed(), 'openapi/openapi.json is out of date: run `npm run openapi` and commit the result');
+});
+
+test('openapi: the committed document is valid OpenAPI 3.1', async () => {
+  const doc = committed();
+  assert.equal(doc.openapi, '3.1.0');
+  const validator = new Validator();
+  const result = await validator.validate(doc);
+  assert.equal(validator.version, '3.1');
+  assert.deepEqual(result, { valid: true });
+});
+
+test('openapi: every route of the app is documented, /docs serves Swagger UI', async (t) => {
+  const app = buildApp({ config: loadConfig({}), draining: false, inflight: 0 }, { logger: pino({ level: 'silent' }) });
+  t.after(() => app.close());
+  const routes: RouteOptions[] = [];
+  app.addHook('onRoute', (r) => void routes.push(r));
+  await app.ready();
+  const paths = (app.swagger() as { paths: Record<string, Record<string, unknown>> }).paths;
+  // Fastify adds a HEAD route beside each GET; Swagger UI's own routes are hidden.
+  const documented = routes.flatMap((r) => [r.method].flat().filter((m) => m !== 'HEAD').map((m) => ({ method: m, url: r.url, schema: r.schema })))
+    .filter((r) => !(r.schema as { hide?: boolean } | undefined)?.hide);
+  for (const known of ['GET /healthz', 'GET /readyz', 'GET /metrics', 'GET /v1/models', 'POST /decode']) {
+    assert.ok(documented.some((r) => `${r.method} ${r.url}` === known), `${known} was not seen`);
+  }
+  for (const r of documented) {
+    const op = paths[r.url]?.[r.method.toLowerCase()] as { summary?: string } | undefined;
+    assert.ok(op, `${r.method} ${r.url} is not in the document`);
+    assert.ok(op.summary, `${r.method} ${r.url} has no schema: add one to src/schemas.ts`);
+  }
+  let res = await app.inject('/docs');
+  if (res.statusCode >= 300 && res.statusCode < 400) res = await app.inject(new URL(res.headers.location as string, 'http://x/docs/').pathname);
+  assert.equal(res.statusCode, 200);
+  assert.match(res.headers['content-type'] as string, /^text\/html/);
+  assert.match(res.body, /swagger-ui/i);
+});
+
+test('openapi: /decode documents its query but does not validate it (the service answers with its own codes)', async (t) => {
+  const { app } = await startService(t, PREVIEW);
+  const cases = [
+    { url: '/decode?shape=1,4,8,8&quality=abc', code: 'BAD_PARAMETER', message: /quality="abc" is not valid/ },
+    { url: '/decode?shape=1,4,8,8&dtype=int7', code: 'UNKNOWN_DTYPE', message: /dtype "int7"/ },
+    { url: '/decode?shape=1,4,8,8&format=gif', code: 'UNKNOWN_FORMAT', message: /format "gif"/ },
+  ];
+  for (const c of cases) {
+    const res = await app.inject({ method: 'POST', url: c.url, payload: latents(1) });
+    assert.equal(res.statusCode, 400, c.url);
+    assert.equal(res.json().error.code, c.code, c.url);
+    assert.match(res.json().error.message, c.message);
+  }
+  // Values Ajv would coerce or reject (a one-element shape string, "True") go through as today.
+  const ok = await app.inject({ method: 'POST', url: '/decode?shape=[1, 4, 8, 8]&output_type=pt&partial_postprocess=True', payload: latents(1) });
+  assert.equal(ok.statusCode, 200, ok.body);
+  assert.equal(ok.headers.dtype, 'uint8');
+});
+
+test('openapi: response schemas serialize every JSON answer exactly as JSON.stringify would', async (t) => {
+  const { app, ctx } = await startService(t, PREVIEW);
+  const plain = buildApp(ctx, { logger: pino({ level: 'silent' }) });
+  plain.setSerializerCompiler(() => (data) => JSON.stringify(data));
+  t.after(() => plain.close());
+  const requests = [
+    { method: 'GET', url: '/healthz' },
+    { method: 'GET', url: '/readyz' },
+    { method: 'GET', url: '/v1/models' },
+    { method: 'POST', url: '/decode?shape=2,4,8,8', payload: latents(2) },
+    { method: 'POST', url: '/decode?shape=1,4,8,8', payload: latents(1).subarray(1) },
+    { method: 'POST', url: '/decode?model=nope', payload: latents(1) },
+    { method: 'POST', url: '/decode', payload: latents(1), headers: { 'content-type': 'text/plain' } },
+  ] as const;
+  for (const r of requests) {
+    const [a, b] = await Promise.all([app.inject(r), plain.inject(r)]);
+    const what = `${r.method} ${r.url}`;
+    assert.match(a.headers['content-type'] as string, /^application\/json/, what);
+    assert.equal(a.statusCode, b.statusCode, what);
+    assert.deepEqual(a.json(), b.json(), what);
+  }
+  ctx.draining = true;
+  const [a, b] = await Promise.all([app.inject('/readyz'), plain.inject('/readyz')]);
+  assert.equal(a.statusCode, 503);
+  assert.deepEqual(a.json(), b.json());
+  assert.equal(a.json().error.code, 'SHUTTING_DOWN');
+});
