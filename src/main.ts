@@ -1,6 +1,7 @@
 // Start: config → logger → app listening (live at once, ready once the models are warm) → models.
 // SIGTERM/SIGINT drain: readiness turns 503, new requests get 503, everything accepted is
 // answered, then exit 0. A second signal exits at once.
+import './threadpool.js';
 import { buildApp, type AppContext } from './app.js';
 import { ConfigError, loadConfig, type Config } from './config.js';
 import { createLogger } from './logger.js';

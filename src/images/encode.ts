@@ -3,6 +3,10 @@
 import sharp from 'sharp';
 import type { ImageFormat } from '../latents/options.js';
 
+// Parallelism comes from encoding several images at once on the libuv pool, not from several
+// libvips threads per image, which would oversubscribe the cores.
+sharp.concurrency(1);
+
 export const CONTENT_TYPES: Record<ImageFormat, string> = { png: 'image/png', jpeg: 'image/jpeg', webp: 'image/webp' };
 
 export interface EncodeOptions {

@@ -115,6 +115,7 @@ export function decodeRoutes(app: FastifyInstance, ctx: AppContext, observer: De
           : [[n, height, width, 3], 'uint8', concat(decoded.images!)];
         reply.header('shape', JSON.stringify(shape)).header('dtype', dtype).type('application/octet-stream');
         timings.encode = performance.now() - t;
+        reply.header('server-timing', serverTiming(timings));
         done('ok', 'tensor');
         return Buffer.from(data.buffer, data.byteOffset, data.byteLength);
       }
@@ -122,7 +123,7 @@ export function decodeRoutes(app: FastifyInstance, ctx: AppContext, observer: De
       const enc = { format, quality: opts.quality, pngCompressionLevel: cfg.pngCompressionLevel };
       const images = await Promise.all(decoded.images!.map((px) => encodeImage(px, decoded.width, decoded.height, enc)));
       timings.encode = performance.now() - t;
-      reply.header('server-timing', Object.entries(timings).map(([k, v]) => `${k};dur=${v.toFixed(2)}`).join(', '));
+      reply.header('server-timing', serverTiming(timings));
       done('ok', format);
       if (images.length === 1) return reply.type(CONTENT_TYPES[format]).send(images[0]);
       return { images: images.map((b) => ({ contentType: CONTENT_TYPES[format], data: b.toString('base64') })) };
@@ -136,6 +137,11 @@ export function decodeRoutes(app: FastifyInstance, ctx: AppContext, observer: De
       ctx.inflight--;
     }
   });
+}
+
+/** The stages' times for clients and load generators: `parse;dur=0.12, queue;dur=3.40, ...` (ms). */
+function serverTiming(timings: StageTimings): string {
+  return Object.entries(timings).map(([k, v]) => `${k};dur=${(v as number).toFixed(2)}`).join(', ');
 }
 
 function concat(parts: Uint8Array[]): Uint8Array {
