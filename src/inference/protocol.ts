@@ -11,6 +11,8 @@ export interface WorkerInit {
   providers: ExecutionProvider[];
   intraOpThreads: number;
   warmupLatentSide?: number;
+  /** A GPU warms up a full batch too. */
+  maxBatchSize: number;
 }
 
 export interface ModelIo {

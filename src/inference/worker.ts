@@ -64,10 +64,15 @@ async function main(): Promise<void> {
     return session.run({ [io.input]: tensor }, fetch);
   };
 
+  // On a GPU, cuDNN picks its algorithms per input shape, batch size included: warm up the
+  // shapes a busy service runs (one sample and a full batch), or the first full batch stalls.
   const side = init.warmupLatentSide ?? (provider === 'cpu' ? 8 : 64);
-  const fixed = meta.shape.map((d, i) => (typeof d === 'number' ? d : i === 0 ? 1 : side));
+  const batches = provider === 'cpu' ? [1] : [...new Set([1, init.maxBatchSize])];
   const w0 = performance.now();
-  await run(new Float32Array(fixed.reduce((a, b) => a * b, 1)), fixed, [IMAGE_OUTPUT, io.output]);
+  for (const n of batches) {
+    const dims = meta.shape.map((d, i) => (typeof d === 'number' ? d : i === 0 ? n : side));
+    await run(new Float32Array(dims.reduce((a, b) => a * b, 1)), dims, [IMAGE_OUTPUT, io.output]);
+  }
   const warmupMs = performance.now() - w0;
 
   post({ type: 'ready', io: { inputName: io.input, inputType, inputShape: meta.shape, channels, outputName: io.output, provider, loadMs, warmupMs, metadata: io.metadata } });

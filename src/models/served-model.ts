@@ -70,7 +70,7 @@ export class ServedModel implements ModelLimits {
   static async start(spec: ModelSpec, cfg: Config, log: RunnerLogger, onBatch?: BatchListener): Promise<ServedModel> {
     const runner = await InferenceRunner.start({
       modelPath: spec.modelPath, modelBytes: spec.modelBytes, providers: cfg.executionProviders,
-      intraOpThreads: cfg.intraOpThreads, warmupLatentSide: cfg.warmupLatentSide,
+      intraOpThreads: cfg.intraOpThreads, warmupLatentSide: cfg.warmupLatentSide, maxBatchSize: cfg.maxBatchSize,
     }, log);
     const m = new ServedModel(spec, runner, cfg, onBatch);
     if (m.factorsGuessed) {
