@@ -31,7 +31,7 @@ async function drain(signal: string): Promise<void> {
   ctx.draining = true;
   log.info({ signal, inflight: ctx.inflight }, 'draining: finishing accepted requests');
   const limit = Date.now() + cfg.requestTimeoutMs + 5000;
-  while ((ctx.inflight > 0 || (ctx.registry && !(await isIdle(ctx.registry)))) && Date.now() < limit) {
+  while ((ctx.inflight > 0 || (ctx.registry && !isIdle(ctx.registry))) && Date.now() < limit) {
     await new Promise((r) => setTimeout(r, 20));
   }
   await app.close();
@@ -40,7 +40,7 @@ async function drain(signal: string): Promise<void> {
   process.exit(0);
 }
 
-async function isIdle(reg: ModelRegistry): Promise<boolean> {
+function isIdle(reg: ModelRegistry): boolean {
   return [...reg.models.values()].every((m) => m.batcher.waitingSamples === 0 && m.batcher.runningBatches === 0);
 }
 

@@ -32,6 +32,8 @@ export class InferenceRunner {
   private nextId = 0;
   private readonly pending = new Map<number, { resolve: (r: RunResult) => void; reject: (e: Error) => void }>();
   private closing = false;
+  /** False while the worker (re)starts or after it failed to: runs are refused, not left hanging. */
+  private alive = false;
   io!: ModelIo;
 
   private constructor(private readonly init: WorkerInit, private readonly log: RunnerLogger) {}
@@ -49,7 +51,7 @@ export class InferenceRunner {
       let ready = false;
       w.on('message', (m: WorkerMessage) => {
         switch (m.type) {
-          case 'ready': ready = true; resolve(m.io); break;
+          case 'ready': ready = true; this.alive = true; resolve(m.io); break;
           case 'failed': reject(new Error(m.message)); void w.terminate(); break;
           case 'log': this.log[m.level](m.data ?? {}, m.msg); break;
           case 'result': this.settle(m.id)?.resolve({ outputs: m.outputs, ms: m.ms }); break;
@@ -61,6 +63,7 @@ export class InferenceRunner {
         this.log.error({ err: e }, 'inference worker crashed');
       });
       w.on('exit', (code) => {
+        this.alive = false;
         const err = new Error(`the inference worker exited (code ${code})`);
         for (const id of [...this.pending.keys()]) this.settle(id)?.reject(err);
         if (!ready) reject(err);
@@ -81,6 +84,7 @@ export class InferenceRunner {
   /** Runs the model on float32 NCHW latents; `data`'s buffer is transferred (unusable after). */
   run(data: Float32Array, dims: [number, number, number, number], fetch: OutputName[]): Promise<RunResult> {
     if (this.closing) return Promise.reject(new Error('the inference worker is closed'));
+    if (!this.alive) return Promise.reject(new Error('the inference worker is restarting'));
     const id = this.nextId++;
     return new Promise((resolve, reject) => {
       this.pending.set(id, { resolve, reject });
