@@ -52,7 +52,7 @@ try {
   const reg = await ModelRegistry.load(cfg, log, app.metrics.onBatch);
   ctx.registry = reg;
   if (reg.defaultName === PREVIEW_MODEL_NAME) {
-    log.warn(`serving the built-in preview decoder "${PREVIEW_MODEL_NAME}" (a linear approximation, not the VAE): set MODEL_PATH to an ONNX VAE decoder or convert one into ${cfg.modelsDir}/ with \`npx latent-decoder pull stabilityai/sd-vae-ft-mse\``);
+    log.warn(`serving the built-in preview decoder "${PREVIEW_MODEL_NAME}" (a linear approximation, not the VAE): set MODEL_PATH to an ONNX VAE decoder or convert one into ${cfg.modelsDir}/ with \`npx latent-decoder pull stabilityai/sd-vae-ft-mse --subfolder ""\` (see README)`);
   }
   log.info({ models: reg.names, defaultModel: reg.defaultName }, 'ready');
 } catch (e) {
