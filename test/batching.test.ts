@@ -143,3 +143,20 @@ test('batching: an ONNX Runtime failure fails only its batch, with a 500 naming 
   assert.equal(good.statusCode, 200, good.body);
   assert.equal((await decode(s, new Float32Array(4 * 16 * 16), '1,4,16,16')).statusCode, 200, 'the loop keeps serving');
 });
+
+test('batching: a dead inference worker is restarted; requests meanwhile are answered, not left hanging', async (t) => {
+  const s = await startService(t, { MAX_BATCH_SIZE: '1', MAX_QUEUE_DELAY_MS: '0' });
+  // A worker that dies between runs (a JavaScript-level crash; a native crash takes the process).
+  const worker = (s.registry.get(undefined)!.runner as unknown as { worker: import('node:worker_threads').Worker }).worker;
+  await worker.terminate();
+  const during = await decode(s, bigLatent(1), '1,4,32,32');
+  assert.ok([200, 500].includes(during.statusCode), during.body);
+  if (during.statusCode === 500) assert.match((during.json() as { error: { message: string } }).error.message, /restarting/);
+  let res = during;
+  for (let i = 0; i < 100 && res.statusCode !== 200; i++) {
+    await new Promise((r) => setTimeout(r, 50)); // the restart loads and warms the model again
+    res = await decode(s, bigLatent(2), '1,4,32,32');
+  }
+  assert.equal(res.statusCode, 200, res.body);
+  assert.notEqual((s.registry.get(undefined)!.runner as unknown as { worker: unknown }).worker, worker, 'a new worker serves');
+});

@@ -39,6 +39,13 @@ export interface RunRequest {
   fetch: OutputName[];
 }
 
+/** Ends the worker once the run in progress (if any) is done. */
+export interface CloseRequest {
+  type: 'close';
+}
+
+export type MainMessage = RunRequest | CloseRequest;
+
 export interface RunOutputs {
   /** uint8 NHWC pixels [N, 8h, 8w, 3]. */
   image?: ArrayBuffer;

@@ -51,7 +51,12 @@ export class InferenceRunner {
       let ready = false;
       w.on('message', (m: WorkerMessage) => {
         switch (m.type) {
-          case 'ready': ready = true; this.alive = true; resolve(m.io); break;
+          case 'ready':
+            ready = true;
+            this.alive = true;
+            if (this.closing) w.postMessage({ type: 'close' }); // closed while it restarted
+            resolve(m.io);
+            break;
           case 'failed': reject(new Error(m.message)); void w.terminate(); break;
           case 'log': this.log[m.level](m.data ?? {}, m.msg); break;
           case 'result': this.settle(m.id)?.resolve({ outputs: m.outputs, ms: m.ms }); break;
@@ -93,8 +98,15 @@ export class InferenceRunner {
     });
   }
 
+  /**
+   * Lets the worker finish its run and exit. Worker.terminate() during a native ORT run aborts the
+   * whole process (seen: "terminate called after throwing an instance of 'Napi::Error'").
+   */
   async close(): Promise<void> {
     this.closing = true;
-    await this.worker.terminate();
+    if (!this.alive) return;
+    const exited = new Promise((resolve) => this.worker.once('exit', resolve));
+    this.worker.postMessage({ type: 'close' });
+    await exited;
   }
 }

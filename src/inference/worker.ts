@@ -5,7 +5,7 @@ import { parentPort, workerData } from 'node:worker_threads';
 import * as ort from 'onnxruntime-node';
 import { halfBitsToFloat32, toFloat16Bits } from '../latents/dtype.js';
 import { IMAGE_OUTPUT, withPostprocess } from '../models/postprocess.js';
-import type { ModelIo, RunOutputs, RunRequest, WorkerInit, WorkerMessage } from './protocol.js';
+import type { MainMessage, ModelIo, RunOutputs, WorkerInit, WorkerMessage } from './protocol.js';
 
 const init = workerData as WorkerInit;
 const port = parentPort!;
@@ -77,7 +77,12 @@ async function main(): Promise<void> {
 
   post({ type: 'ready', io: { inputName: io.input, inputType, inputShape: meta.shape, channels, outputName: io.output, provider, loadMs, warmupMs, metadata: io.metadata } });
 
-  port.on('message', (req: RunRequest) => {
+  port.on('message', (req: MainMessage) => {
+    if (req.type === 'close') {
+      // Messages wait for a synchronous run to return, so nothing is cut short here.
+      void session.release().finally(() => process.exit(0));
+      return;
+    }
     const t = performance.now();
     const fetch = req.fetch.map((f) => (f === 'image' ? IMAGE_OUTPUT : io.output));
     run(new Float32Array(req.data), req.dims, fetch).then(
