@@ -124,3 +124,24 @@ test('decode: the model scaling factor applies unless the request overrides it',
   assert.equal(served.scalingFactor, 0.18215);
   assert.equal(served.provider, 'cpu');
 });
+
+test('decode: the requests diffusers remote_decode sends work unmodified', async (t) => {
+  const { app } = await startService(t);
+  const f = await loadFixture();
+  const payload = bytesOf(sampleLatents(f, 0));
+  // What requests.post(url, params=..., data=tensor_bytes) puts on the wire: repeated shape keys,
+  // Python booleans, no Content-Type.
+  const base = 'shape=1&shape=4&shape=16&shape=16&dtype=float32&scaling_factor=1';
+  const pil = await app.inject({ method: 'POST', url: `/decode?image_format=jpg&output_type=pil&partial_postprocess=False&${base}`, payload });
+  assert.equal(pil.statusCode, 200, pil.body);
+  assert.equal(pil.headers['content-type'], 'image/jpeg');
+  const pt = await app.inject({ method: 'POST', url: `/decode?image_format=jpg&output_type=pt&partial_postprocess=True&${base}`, payload });
+  assert.equal(pt.statusCode, 200, pt.body);
+  assert.deepEqual(JSON.parse(String(pt.headers.shape)), [1, 128, 128, 3]);
+  assert.equal(pt.headers.dtype, 'uint8');
+  assert.ok(maxAbsDiff(pt.rawPayload, f.rgb.subarray(0, RGB)) <= 1);
+  const raw = await app.inject({ method: 'POST', url: `/decode?image_format=jpg&output_type=pt&partial_postprocess=False&${base}`, payload });
+  assert.deepEqual(JSON.parse(String(raw.headers.shape)), [1, 3, 128, 128]);
+  assert.equal(raw.headers.dtype, 'float32');
+  assert.ok(maxAbsDiff(toFloat32(raw.rawPayload, 'float32'), f.reference.subarray(0, 3 * 128 * 128)) <= 1e-4);
+});
