@@ -1,29 +1,20 @@
-// /metrics on the real service (built-in preview model, real ORT worker), wired as main.ts wires
-// it: the app's Metrics object, its onBatch handed to ModelRegistry.load.
+// /metrics on the real service (built-in preview model, real ORT worker), with the app's Metrics
+// object receiving the batchers' runs, as main.ts wires it.
 import assert from 'node:assert/strict';
 import { test, type TestContext } from 'node:test';
 import pino from 'pino';
 import { register as globalRegister } from 'prom-client';
-import { buildApp, type AppContext } from '../src/app.js';
+import { buildApp } from '../src/app.js';
 import { loadConfig } from '../src/config.js';
-import { ModelRegistry } from '../src/models/registry.js';
 import { PREVIEW_MODEL_NAME } from '../src/models/preview.js';
-import { tempDir } from './helpers/service.js';
+import { startService } from './helpers/service.js';
 
 const MODEL = PREVIEW_MODEL_NAME;
 const latents = (n: number): Buffer => Buffer.alloc(n * 4 * 8 * 8 * 4);
 
-async function service(t: TestContext, env: Record<string, string> = {}): Promise<{ app: ReturnType<typeof buildApp>; ctx: AppContext }> {
-  const cfg = loadConfig({ MODELS_DIR: tempDir(t), EXECUTION_PROVIDERS: 'cpu', ...env });
-  const log = pino({ level: 'silent' });
-  const ctx: AppContext = { config: cfg, draining: false, inflight: 0 };
-  const app = buildApp(ctx, { logger: log });
-  ctx.registry = await ModelRegistry.load(cfg, log, app.metrics.onBatch);
-  t.after(async () => {
-    await app.close();
-    await ctx.registry?.close();
-  });
-  return { app, ctx };
+/** The real service on the preview model only (no MODEL_PATH), metrics wired as main.ts wires them. */
+function service(t: TestContext, env: Record<string, string> = {}): ReturnType<typeof startService> {
+  return startService(t, { MODEL_PATH: '', ...env });
 }
 
 interface Sample { name: string; labels: Record<string, string>; value: number }
