@@ -80,6 +80,10 @@ test('decode: float16 and bfloat16 latents decode close to the float32 result', 
     assert.ok(diff <= tol, `${dtype} differs by ${diff} levels`);
   }
   assert.equal(LATENT * 2, half.byteLength);
+  const npy = await app.inject({ method: 'POST', url: `/decode?${Q}`, headers: { 'content-type': 'application/x-npy' },
+    payload: encodeNpy({ dtype: '<f2', shape: [1, 4, 16, 16], data: half }) });
+  assert.equal(npy.statusCode, 200, npy.body);
+  assert.ok(maxAbsDiff((await pixels(npy.rawPayload)).data, want) <= 2, 'a float16 .npy decodes like float16 raw bytes');
 });
 
 test('decode: JPEG and WebP outputs decode to the right size; Accept chooses the format', async (t) => {

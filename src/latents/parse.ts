@@ -3,7 +3,7 @@
 // .npy file, and JSON with base64 latents. Then validation against the model and the move into
 // decoder space: z = latents / scaling_factor + shift_factor.
 import { ServiceError } from '../errors.js';
-import { BYTES_PER_ELEMENT, toFloat32, type WireDtype } from './dtype.js';
+import { BYTES_PER_ELEMENT, halfBitsToFloat32, toFloat32, type WireDtype } from './dtype.js';
 import { parseNpy, type NpyArray, type NpyDtype } from './npy.js';
 import { parseDtype, parseOptions, parseShape, type DecodeOptions } from './options.js';
 
@@ -76,8 +76,9 @@ function parseNpyBody(buf: Buffer, query: Record<string, unknown>): ParsedBody {
   if (!shape) throw new ServiceError('BAD_NPY', 'the .npy body has an empty shape');
   // Options still come from the query string; the header decides shape and dtype.
   const options = { ...parseOptions({ ...query, shape: undefined, dtype: undefined }), shape, dtype };
-  const data = arr.data;
-  return fromBytes(new Uint8Array(data.buffer, data.byteOffset, data.byteLength), options);
+  // parseNpy already checked the length against the header and made an aligned copy: use it.
+  const values = arr.dtype === '<f4' ? (arr.data as Float32Array) : halfBitsToFloat32(arr.data as Uint16Array);
+  return { values, shape, byteLength: arr.data.byteLength, options };
 }
 
 const BASE64 = /^[A-Za-z0-9+/\-_]*={0,2}$/;
