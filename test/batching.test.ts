@@ -5,6 +5,7 @@ import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import path from 'node:path';
 import { test } from 'node:test';
+import { toFloat32 } from '../src/latents/dtype.js';
 import { GraphBuilder, attr, encodeModel } from '../src/models/onnx-graph.js';
 import { RGB, bytesOf, loadFixture, maxAbsDiff, sampleLatents, startService, tempDir, type TestService } from './helpers/service.js';
 
@@ -50,6 +51,13 @@ test('batching: a request larger than MAX_BATCH_SIZE is split across runs and re
   for (let k = 0; k < n; k++) {
     const one = await decode(s, all.slice(k * 1024, (k + 1) * 1024), '1,4,16,16');
     assert.ok(maxAbsDiff(res.rawPayload.subarray(k * RGB, (k + 1) * RGB), one.rawPayload) <= 1, `sample ${k} out of order`);
+  }
+  // The float output of a split request is reassembled too.
+  const float = (lat: Float32Array, shape: string) => s.app.inject({ method: 'POST', url: `/decode?shape=${shape}&output_type=pt&scaling_factor=1`, payload: bytesOf(lat) });
+  const all32 = toFloat32((await float(all, `${n},4,16,16`)).rawPayload, 'float32');
+  for (const k of [0, 5, 9]) {
+    const one = toFloat32((await float(all.slice(k * 1024, (k + 1) * 1024), '1,4,16,16')).rawPayload, 'float32');
+    assert.ok(maxAbsDiff(all32.subarray(k * RGB, (k + 1) * RGB), one) <= 1e-5, `float sample ${k} out of order`);
   }
 });
 

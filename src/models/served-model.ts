@@ -106,11 +106,13 @@ export class ServedModel implements ModelLimits {
         new Uint8Array(p.result.outputs.image!, (p.batchOffset + k) * plane, plane)));
     }
     if (fetch.includes('sample')) {
-      const samples = new Float32Array(n * plane);
-      for (const p of res.parts) {
-        samples.set(new Float32Array(p.result.outputs.sample!, p.batchOffset * plane * 4, p.count * plane), p.start * plane);
+      const rows = (p: (typeof res.parts)[number]): Float32Array =>
+        new Float32Array(p.result.outputs.sample!, p.batchOffset * plane * 4, p.count * plane);
+      if (res.parts.length === 1) out.samples = rows(res.parts[0]!); // one run: its rows are contiguous
+      else {
+        out.samples = new Float32Array(n * plane);
+        for (const p of res.parts) out.samples.set(rows(p), p.start * plane);
       }
-      out.samples = samples;
     }
     return out;
   }
