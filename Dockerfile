@@ -90,7 +90,7 @@ HEALTHCHECK --interval=30s --timeout=5s --start-period=10m --retries=3 \
   CMD ["node", "-e", "fetch('http://127.0.0.1:'+(process.env.PORT||8080)+'/healthz').then(r=>process.exit(r.ok?0:1)).catch(()=>process.exit(1))"]
 # No shell or wrapper script as PID 1: SIGTERM goes straight to Node (graceful drain).
 ENTRYPOINT []
-CMD ["node", "dist/main.js"]
+CMD ["node", "dist/server.js"]
 
 # ---------------------------------------------------------------------------------------------
 # cpu (default target: last stage): Debian bookworm slim + Node 22 LTS.
@@ -125,4 +125,4 @@ HEALTHCHECK --interval=30s --timeout=5s --start-period=5m --retries=3 \
   CMD ["node", "-e", "fetch('http://127.0.0.1:'+(process.env.PORT||8080)+'/healthz').then(r=>process.exit(r.ok?0:1)).catch(()=>process.exit(1))"]
 # No shell or wrapper script as PID 1: SIGTERM goes straight to Node (graceful drain).
 ENTRYPOINT []
-CMD ["node", "dist/main.js"]
+CMD ["node", "dist/server.js"]

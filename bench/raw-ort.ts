@@ -11,7 +11,7 @@
 import { readFile, writeFile } from 'node:fs/promises';
 import { parseArgs } from 'node:util';
 import * as ort from 'onnxruntime-node';
-import { IMAGE_OUTPUT, withPostprocess } from '../src/models/postprocess.js';
+import { IMAGE_OUTPUT, withPostprocess } from '../src/onnx/postprocess.js';
 import { gaussianLatents, summarize, type Summary } from './stats.js';
 
 export interface RawPoint {

@@ -9,7 +9,7 @@
 // Options:
 //   --quick                 CI smoke (~1-2 min): fixture model only, 2 levels, short phases
 //   --gpu                   EXECUTION_PROVIDERS=cuda and GPU-sized phases for both models (see bench/gpu.sh)
-//   --small PATH            the small (overhead) model; default ../shared/fixtures/sdvae-ch32/torch-export.onnx
+//   --small PATH            the small (overhead) model; default test/fixtures/sdvae-ch32/torch-export.onnx
 //   --large PATH            the full-width model; default bench/results/tmp/models/sdvae-ch128.onnx,
 //                           built from seeded weights with scripts/make-seeded-vae.ts + convertCheckpoint
 //   --no-large              skip the full-width model
@@ -446,7 +446,7 @@ async function ensureLargeModel(path: string): Promise<{ ok: boolean; why?: stri
   log(`building the ch=128 decoder: seeded LDM weights → ${relative(ROOT, weights)} → ${relative(ROOT, path)}`);
   const a = await runChild([...TSX, 'scripts/make-seeded-vae.ts', weights, '--ch', '128', '--seed', '1']);
   if (a.code !== 0) return { ok: false, why: 'scripts/make-seeded-vae.ts failed' };
-  const code = `import('./src/models/convert.ts').then((m) => m.convertCheckpoint({ weights: ${JSON.stringify(weights)}, out: ${JSON.stringify(path)}, writeConfig: false, name: 'sdvae-ch128' }))` +
+  const code = `import('./src/convert/convert.ts').then((m) => m.convertCheckpoint({ weights: ${JSON.stringify(weights)}, out: ${JSON.stringify(path)}, writeConfig: false, name: 'sdvae-ch128' }))` +
     `.then((r) => console.log(JSON.stringify(r.config)))`;
   const b = await runChild([...TSX, '-e', code]);
   if (b.code !== 0 || !existsSync(path)) return { ok: false, why: 'convertCheckpoint failed' };
@@ -514,7 +514,7 @@ async function main(): Promise<void> {
   const { values } = parseArgs({
     options: {
       quick: { type: 'boolean', default: false },
-      small: { type: 'string', default: resolve(ROOT, '../shared/fixtures/sdvae-ch32/torch-export.onnx') },
+      small: { type: 'string', default: resolve(ROOT, 'test/fixtures/sdvae-ch32/torch-export.onnx') },
       large: { type: 'string', default: join(TMP, 'models/sdvae-ch128.onnx') },
       'no-large': { type: 'boolean', default: false },
       'only-large': { type: 'boolean', default: false },

@@ -5,9 +5,9 @@
 import { resolve } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { parseArgs } from 'node:util';
-import { writeSafetensors, type TensorToWrite } from '../src/models/safetensors.js';
-import { buildDecoderGraph } from '../src/models/vae-graph.js';
-import { layoutKey, type KeyLayout, type VaeConfig } from '../src/models/vae-weights.js';
+import { writeSafetensors, type TensorToWrite } from '../src/convert/safetensors.js';
+import { buildDecoderGraph } from '../src/convert/vae-graph.js';
+import { layoutKey, type KeyLayout, type VaeConfig } from '../src/convert/vae-weights.js';
 
 /** mulberry32: small, seedable, and the same sequence on every platform. */
 function rng(seed: number): () => number {

@@ -1,11 +1,11 @@
 // The Fastify application: body parsing, auth, error mapping, metrics, docs and routes, nothing else.
 import Fastify, { type FastifyInstance, type FastifyServerOptions } from 'fastify';
 import { randomUUID } from 'node:crypto';
-import { bearerAuth } from './auth.js';
+import { bearerAuth } from './plugins/auth.js';
 import type { Config } from './config.js';
 import { ServiceError, isServiceError, type ErrorCode } from './errors.js';
-import { Metrics } from './metrics.js';
-import type { ModelRegistry } from './models/registry.js';
+import { Metrics } from './plugins/metrics.js';
+import type { ModelRegistry } from './serving/registry.js';
 import { registerDocs } from './plugins/swagger.js';
 import { decodeRoutes, type DecodeObserver } from './routes/decode.js';
 import { healthRoutes } from './routes/health.js';

@@ -4,8 +4,9 @@ import { readdir, readFile, stat } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { parseArgs, type ParseArgsConfig } from 'node:util';
-import { CONFIG_FILE, MODEL_FILE, convertCheckpoint, type ConvertResult, type ModelConfig } from './models/convert.js';
-import { pull } from './models/hub.js';
+import { convertCheckpoint, type ConvertResult } from './convert/convert.js';
+import { CONFIG_FILE, MODEL_FILE, type ModelConfig } from './serving/model-config.js';
+import { pull } from './convert/hub.js';
 
 const DEFAULT_MODELS_DIR = 'models';
 

@@ -4,7 +4,7 @@
 // validate them: latents/ parses them itself, to answer with the service's own error codes.
 import type { FastifySchema, FastifySchemaCompiler } from 'fastify';
 import { ErrorCodes, type ErrorCode } from './errors.js';
-import { WIRE_DTYPES } from './latents/dtype.js';
+import { WIRE_DTYPES } from './tensor/dtype.js';
 
 /** For routes whose schema only documents: accepts everything and changes nothing (no coercion). */
 export const documentOnly: FastifySchemaCompiler<unknown> = () => () => true;

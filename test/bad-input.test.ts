@@ -2,7 +2,7 @@
 // keeps serving: each bad request is followed by a good one.
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { encodeNpy } from '../src/latents/npy.js';
+import { encodeNpy } from '../src/tensor/npy.js';
 import { bytesOf, loadFixture, sampleLatents, startService } from './helpers/service.js';
 
 interface Case {

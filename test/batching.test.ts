@@ -5,8 +5,8 @@ import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import path from 'node:path';
 import { test } from 'node:test';
-import { toFloat32 } from '../src/latents/dtype.js';
-import { GraphBuilder, attr, encodeModel } from '../src/models/onnx-graph.js';
+import { toFloat32 } from '../src/tensor/dtype.js';
+import { GraphBuilder, attr, encodeModel } from '../src/onnx/graph.js';
 import { RGB, bytesOf, loadFixture, maxAbsDiff, sampleLatents, startService, tempDir, type TestService } from './helpers/service.js';
 
 const U8 = 'output_type=pt&partial_postprocess=true&scaling_factor=1';

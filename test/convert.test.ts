@@ -3,11 +3,11 @@ import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { readFile, readdir, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { convertCheckpoint } from '../src/models/convert.js';
-import { encodeNpy, parseNpy, readNpy } from '../src/latents/npy.js';
-import { halfBitsToFloat32, toFloat16Bits } from '../src/latents/dtype.js';
-import { writeSafetensors } from '../src/models/safetensors.js';
-import type { VaeConfig } from '../src/models/vae-weights.js';
+import { convertCheckpoint } from '../src/convert/convert.js';
+import { encodeNpy, parseNpy, readNpy } from '../src/tensor/npy.js';
+import { halfBitsToFloat32, toFloat16Bits } from '../src/tensor/dtype.js';
+import { writeSafetensors } from '../src/convert/safetensors.js';
+import type { VaeConfig } from '../src/convert/vae-weights.js';
 import { seededVae } from '../scripts/make-seeded-vae.js';
 import { REPO_ROOT, compareWithReference, fixture, modelMetadata, rewriteCheckpoint, runDecoder, tempDir } from './helpers/convert-fixtures.js';
 

@@ -1,8 +1,8 @@
 // Fidelity: the real ORT session on the golden fixture decoder, real sharp, through HTTP.
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { toFloat32 } from '../src/latents/dtype.js';
-import { encodeNpy } from '../src/latents/npy.js';
+import { toFloat32 } from '../src/tensor/dtype.js';
+import { encodeNpy } from '../src/tensor/npy.js';
 import { LATENT, RGB, bytesOf, loadFixture, maxAbsDiff, pixels, sampleLatents, startService } from './helpers/service.js';
 
 const Q = 'scaling_factor=1'; // the fixture latents are already in decoder space
@@ -68,7 +68,7 @@ test('decode: float16 and bfloat16 latents decode close to the float32 result', 
   const { app } = await startService(t);
   const f = await loadFixture();
   const lat = sampleLatents(f, 0);
-  const half = (await import('../src/latents/dtype.js')).toFloat16Bits(lat);
+  const half = (await import('../src/tensor/dtype.js')).toFloat16Bits(lat);
   const bf16 = new Uint16Array(new Uint32Array(lat.buffer.slice(0)).map((b) => b >>> 16));
   const want = f.rgb.subarray(0, RGB);
   for (const [dtype, data, tol] of [['float16', half, 2], ['bfloat16', bf16, 8]] as const) {

@@ -328,7 +328,7 @@ for (const overlay of OVERLAYS) {
     }
 
     // Exec-form node (no shell/npm wrapper) so SIGTERM reaches the server.
-    if (c.command) assert.deepEqual(c.command, ['node', 'dist/main.js']);
+    if (c.command) assert.deepEqual(c.command, ['node', 'dist/server.js']);
     assert.ok(!(c.args ?? []).some((a) => /\bnpm\b/.test(a)));
 
     const preStop = c.lifecycle?.preStop;

@@ -212,7 +212,7 @@ for (const target of RUNTIME_TARGETS) {
     assert.ok(cmd, 'CMD missing');
     const cmdArgs = jsonArgs(cmd);
     assert.ok(cmdArgs, 'CMD must be exec form (JSON array) so that SIGTERM reaches node');
-    assert.deepEqual(cmdArgs, ['node', 'dist/main.js']);
+    assert.deepEqual(cmdArgs, ['node', 'dist/server.js']);
 
     const entrypoint = last('ENTRYPOINT');
     if (entrypoint) {
@@ -307,7 +307,7 @@ function isIgnored(path: string): boolean {
 }
 
 test('.dockerignore excludes node_modules, .git, dist, models and test artefacts', () => {
-  for (const p of ['node_modules', 'node_modules/sharp/package.json', '.git', '.git/HEAD', 'dist/main.js', 'models/some-vae/model.onnx', 'bench/results/run.json']) {
+  for (const p of ['node_modules', 'node_modules/sharp/package.json', '.git', '.git/HEAD', 'dist/server.js', 'models/some-vae/model.onnx', 'bench/results/run.json']) {
     assert.ok(isIgnored(p), `.dockerignore must exclude ${p}`);
   }
 });

@@ -1,18 +1,18 @@
 // /metrics on the real service (built-in preview model, real ORT worker), with the app's Metrics
-// object receiving the batchers' runs, as main.ts wires it.
+// object receiving the batchers' runs, as server.ts wires it.
 import assert from 'node:assert/strict';
 import { test, type TestContext } from 'node:test';
 import pino from 'pino';
 import { register as globalRegister } from 'prom-client';
 import { buildApp } from '../src/app.js';
 import { loadConfig } from '../src/config.js';
-import { PREVIEW_MODEL_NAME } from '../src/models/preview.js';
+import { PREVIEW_MODEL_NAME } from '../src/onnx/preview.js';
 import { startService } from './helpers/service.js';
 
 const MODEL = PREVIEW_MODEL_NAME;
 const latents = (n: number): Buffer => Buffer.alloc(n * 4 * 8 * 8 * 4);
 
-/** The real service on the preview model only (no MODEL_PATH), metrics wired as main.ts wires them. */
+/** The real service on the preview model only (no MODEL_PATH), metrics wired as server.ts wires them. */
 function service(t: TestContext, env: Record<string, string> = {}): ReturnType<typeof startService> {
   return startService(t, { MODEL_PATH: '', ...env });
 }

@@ -5,9 +5,9 @@ import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { test } from 'node:test';
 import * as ort from 'onnxruntime-node';
-import { convertCheckpoint } from '../src/models/convert.js';
-import { withPostprocess } from '../src/models/postprocess.js';
-import { buildPreviewDecoder, SD15_LATENT_RGB_FACTORS } from '../src/models/preview.js';
+import { convertCheckpoint } from '../src/convert/convert.js';
+import { withPostprocess } from '../src/onnx/postprocess.js';
+import { buildPreviewDecoder, SD15_LATENT_RGB_FACTORS } from '../src/onnx/preview.js';
 import { fixture } from './helpers/paths.js';
 import { FIXTURE_MODEL, RGB, bytesOf, loadFixture, maxAbsDiff, sampleLatents, startService, tempDir } from './helpers/service.js';
 

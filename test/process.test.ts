@@ -13,7 +13,7 @@ const TSX = import.meta.resolve('tsx');
 test('process: with no configuration the built service serves the preview model: 512x512 PNG for a 64x64 latent', async (t) => {
   execFileSync(process.execPath, [path.join(REPO, 'node_modules', 'typescript', 'bin', 'tsc'), '-p', 'tsconfig.build.json'], { cwd: REPO, stdio: 'inherit' });
   // An empty working directory: no models/ folder, no environment beyond PORT.
-  const svc = await startProcess(t, [path.join(REPO, 'dist', 'main.js')], {}, { cwd: tempDir(t) });
+  const svc = await startProcess(t, [path.join(REPO, 'dist', 'server.js')], {}, { cwd: tempDir(t) });
   const latent = new Float32Array(4 * 64 * 64).map((_, i) => Math.cos(i / 97));
   const res = await fetch(`${svc.url}/decode`, { method: 'POST', body: new Uint8Array(bytesOf(latent)) });
   assert.equal(res.status, 200, await res.clone().text());
@@ -30,7 +30,7 @@ test('process: with no configuration the built service serves the preview model:
 });
 
 test('process: SIGTERM answers every accepted request, refuses new ones with 503, then exits 0', async (t) => {
-  const svc = await startProcess(t, ['--import', TSX, path.join(REPO, 'src', 'main.ts')], {
+  const svc = await startProcess(t, ['--import', TSX, path.join(REPO, 'src', 'server.ts')], {
     MODEL_PATH: FIXTURE_MODEL, MODELS_DIR: tempDir(t), EXECUTION_PROVIDERS: 'cpu', MAX_BATCH_SIZE: '1', MAX_QUEUE_DELAY_MS: '0',
   }, { cwd: REPO });
   const latent = new Uint8Array(bytesOf(new Float32Array(4 * 32 * 32).map((_, i) => Math.sin(i / 31))));

@@ -5,7 +5,7 @@ import { readFile, readdir } from 'node:fs/promises';
 import { createServer, type IncomingMessage } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
-import { pull, validateModelName } from '../src/models/hub.js';
+import { pull, validateModelName } from '../src/convert/hub.js';
 import { compareWithReference, fixture, tempDir } from './helpers/convert-fixtures.js';
 
 const REPO = 'acme/tiny-sd';

@@ -3,8 +3,8 @@
 import { readFile } from 'node:fs/promises';
 import { parentPort, workerData } from 'node:worker_threads';
 import * as ort from 'onnxruntime-node';
-import { halfBitsToFloat32, toFloat16Bits } from '../latents/dtype.js';
-import { IMAGE_OUTPUT, withPostprocess } from '../models/postprocess.js';
+import { halfBitsToFloat32, toFloat16Bits } from '../tensor/dtype.js';
+import { IMAGE_OUTPUT, withPostprocess } from '../onnx/postprocess.js';
 import type { MainMessage, ModelIo, RunOutputs, WorkerInit, WorkerMessage } from './protocol.js';
 
 const init = workerData as WorkerInit;

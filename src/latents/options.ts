@@ -2,7 +2,7 @@
 // the diffusers `remote_decode` client sends (image_format, output_type, partial_postprocess,
 // shape as a repeated key, dtype, scaling_factor, shift_factor, do_scaling, height, width).
 import { ServiceError } from '../errors.js';
-import { WIRE_DTYPES, type WireDtype } from './dtype.js';
+import { WIRE_DTYPES, type WireDtype } from '../tensor/dtype.js';
 
 export type ImageFormat = 'png' | 'jpeg' | 'webp';
 export type OutputType = 'image' | 'tensor';

@@ -3,8 +3,8 @@
 // .npy file, and JSON with base64 latents. Then validation against the model and the move into
 // decoder space: z = latents / scaling_factor + shift_factor.
 import { ServiceError } from '../errors.js';
-import { BYTES_PER_ELEMENT, halfBitsToFloat32, toFloat32, type WireDtype } from './dtype.js';
-import { parseNpy, type NpyArray, type NpyDtype } from './npy.js';
+import { BYTES_PER_ELEMENT, halfBitsToFloat32, toFloat32, type WireDtype } from '../tensor/dtype.js';
+import { parseNpy, type NpyArray, type NpyDtype } from '../tensor/npy.js';
 import { parseDtype, parseOptions, parseShape, type DecodeOptions } from './options.js';
 
 export type BodyKind = 'raw' | 'npy' | 'json';

@@ -1,11 +1,10 @@
-// Shared by the conversion and pull tests: the golden fixtures (in ../shared beside the
-// repository, as CI lays it out), temp folders, running a decoder on ONNX Runtime, and
-// rewriting a checkpoint's tensors.
+// Shared by the conversion and pull tests: the golden fixtures (test/fixtures), temp folders,
+// running a decoder on ONNX Runtime, and rewriting a checkpoint's tensors.
 import { readFile } from 'node:fs/promises';
 import * as ort from 'onnxruntime-node';
-import { readNpy } from '../../src/latents/npy.js';
-import { decodeModel } from '../../src/models/onnx-graph.js';
-import { SafetensorsFile, writeSafetensors, type TensorToWrite } from '../../src/models/safetensors.js';
+import { readNpy } from '../../src/tensor/npy.js';
+import { decodeModel } from '../../src/onnx/graph.js';
+import { SafetensorsFile, writeSafetensors, type TensorToWrite } from '../../src/convert/safetensors.js';
 
 import { fixture } from './paths.js';
 

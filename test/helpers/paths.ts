@@ -1,5 +1,5 @@
-// Where things are: the repository, and the golden fixtures in ../shared beside it (as CI lays
-// it out); temp folders removed after each test.
+// Where things are: the repository and its golden fixtures (test/fixtures, copied from the team's
+// shared fixtures so that a bare clone passes its tests); temp folders removed after each test.
 import { mkdtempSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -7,7 +7,7 @@ import type { TestContext } from 'node:test';
 import { fileURLToPath } from 'node:url';
 
 export const REPO = path.resolve(fileURLToPath(new URL('../..', import.meta.url)));
-export const FIXTURES = path.resolve(REPO, '..', 'shared', 'fixtures', 'sdvae-ch32');
+export const FIXTURES = path.join(REPO, 'test', 'fixtures', 'sdvae-ch32');
 export const FIXTURE_MODEL = path.join(FIXTURES, 'torch-export.onnx');
 export const fixture = (file: string): string => path.join(FIXTURES, file);
 

@@ -7,8 +7,8 @@ import sharp from 'sharp';
 import { buildApp, type AppContext } from '../../src/app.js';
 import type { BatchInfo } from '../../src/batching/batcher.js';
 import { loadConfig } from '../../src/config.js';
-import { ModelRegistry } from '../../src/models/registry.js';
-import { readNpy } from '../../src/latents/npy.js';
+import { ModelRegistry } from '../../src/serving/registry.js';
+import { readNpy } from '../../src/tensor/npy.js';
 
 import { FIXTURES, FIXTURE_MODEL, tempDir } from './paths.js';
 

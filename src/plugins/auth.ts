@@ -4,7 +4,7 @@
 // the OpenAPI document and the hook cannot disagree.
 import { createHash, timingSafeEqual } from 'node:crypto';
 import type { FastifyRequest, onRequestAsyncHookHandler } from 'fastify';
-import { ServiceError } from './errors.js';
+import { ServiceError } from '../errors.js';
 
 const digest = (s: string): Buffer => createHash('sha256').update(s).digest();
 

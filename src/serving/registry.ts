@@ -7,23 +7,11 @@ import { readdir, readFile } from 'node:fs/promises';
 import path from 'node:path';
 import type { Config } from '../config.js';
 import type { RunnerLogger } from '../inference/runner.js';
-import { CONFIG_FILE, MODEL_FILE, type ModelConfig } from './convert.js';
-import { buildPreviewDecoder, PREVIEW_MODEL_NAME, PREVIEW_SCALING_FACTOR } from './preview.js';
+import { CONFIG_FILE, MODEL_FILE, type ModelConfigFile } from './model-config.js';
+import { buildPreviewDecoder, PREVIEW_MODEL_NAME, PREVIEW_SCALING_FACTOR } from '../onnx/preview.js';
 import { ServedModel, type BatchListener, type ModelSpec } from './served-model.js';
 
-/** A repository folder's config.json (what `convert` writes) or a MODEL_PATH sidecar: all optional. */
-export type ModelConfigFile = Partial<ModelConfig>;
-
 const NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
-
-/**
- * Scaling defaults when neither config.json nor the ONNX metadata say: SD 1.x/2.x for 4 channels,
- * SD3 for 16 (FLUX shares its shapes and needs its own factors in a config).
- */
-export function defaultFactors(channels: number): { scalingFactor: number; shiftFactor: number; guessed: boolean } {
-  if (channels === 16) return { scalingFactor: 1.5305, shiftFactor: 0.0609, guessed: true };
-  return { scalingFactor: 0.18215, shiftFactor: 0, guessed: channels !== 4 };
-}
 
 async function readJson(file: string): Promise<ModelConfigFile> {
   let doc: unknown;

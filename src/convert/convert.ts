@@ -3,27 +3,12 @@
 // of the largest tensor rather than the model or the checkpoint.
 import { mkdir, rename, rm, writeFile } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
-import { writeModelFile } from './onnx-graph.js';
+import { writeModelFile } from '../onnx/graph.js';
 import { buildDecoderGraph } from './vae-graph.js';
 import { VaeWeights } from './vae-weights.js';
+import { CONFIG_FILE, MODEL_FILE, SD_SCALING_FACTOR, type ModelConfig, type Precision } from '../serving/model-config.js';
 
-export const MODEL_FILE = 'model.onnx';
-export const CONFIG_FILE = 'config.json';
-/** SD 1.x/2.x; SDXL's VAE has the same shapes but 0.13025, which no weight reveals. */
-const SD_SCALING_FACTOR = 0.18215;
 const SD_LATENT_CHANNELS = 4;
-
-export type Precision = 'fp32' | 'fp16';
-
-/** What config.json in a model repository folder holds. */
-export interface ModelConfig {
-  name: string;
-  latentChannels: number;
-  scalingFactor: number;
-  shiftFactor: number;
-  precision: Precision;
-  source: string;
-}
 
 export interface ConvertOptions {
   weights: string;

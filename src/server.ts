@@ -5,8 +5,8 @@ import './threadpool.js';
 import { buildApp, type AppContext } from './app.js';
 import { ConfigError, loadConfig, type Config } from './config.js';
 import { createLogger } from './logger.js';
-import { ModelRegistry } from './models/registry.js';
-import { PREVIEW_MODEL_NAME } from './models/preview.js';
+import { ModelRegistry } from './serving/registry.js';
+import { PREVIEW_MODEL_NAME } from './onnx/preview.js';
 
 let cfg: Config;
 try {

@@ -3,10 +3,10 @@
 // what the models and the queue look like now (queue depth, in-flight, model info) is read on
 // scrape, so it never goes stale and the request path does not pay for it.
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
-import type { BatchInfo } from './batching/batcher.js';
-import type { ModelRegistry } from './models/registry.js';
-import type { ServedModel } from './models/served-model.js';
-import type { DecodeEvent, Outcome, StageTimings } from './routes/decode.js';
+import type { BatchInfo } from '../batching/batcher.js';
+import type { ModelRegistry } from '../serving/registry.js';
+import type { ServedModel } from '../serving/served-model.js';
+import type { DecodeEvent, Outcome, StageTimings } from '../routes/decode.js';
 
 export const METRIC_PREFIX = 'latent_decoder_';
 

@@ -2,7 +2,7 @@
 // multi-gigabyte full checkpoint touches only the decoder's few hundred megabytes, and a writer
 // for tests and tools. Format: 8-byte little-endian header length, a JSON header, the data.
 import { open, type FileHandle } from 'node:fs/promises';
-import { bfloat16BitsToFloat32, halfBitsToFloat32, toFloat16Bits } from '../latents/dtype.js';
+import { bfloat16BitsToFloat32, halfBitsToFloat32, toFloat16Bits } from '../tensor/dtype.js';
 
 export type StDtype = 'F32' | 'F16' | 'BF16';
 const ITEM_SIZE: Record<string, number> = {

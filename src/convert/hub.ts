@@ -8,7 +8,8 @@ import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import type { ReadableStream as WebReadableStream } from 'node:stream/web';
-import { convertCheckpoint, MODEL_FILE, type ConvertResult } from './convert.js';
+import { MODEL_FILE } from '../serving/model-config.js';
+import { convertCheckpoint, type ConvertResult } from './convert.js';
 
 const NAME_RE = /^[a-z0-9][a-z0-9._-]{0,63}$/i;
 const REPO_RE = /^[\w.-]+(\/[\w.-]+)?$/;

@@ -1,7 +1,7 @@
 // The SD VAE decoder (LDM `Decoder` with post_quant_conv) as an ONNX opset-17 graph with
 // optimum's input and output names. Weights are not embedded here: the builder returns the list
 // of initializers the graph references, and convert.ts streams them from the checkpoint.
-import { DataType, GraphBuilder, attr, type ElemType } from './onnx-graph.js';
+import { DataType, GraphBuilder, attr, type ElemType } from '../onnx/graph.js';
 import type { VaeConfig } from './vae-weights.js';
 
 export const INPUT_NAME = 'latent_sample';

@@ -2,7 +2,7 @@
 // image = round(clamp(sample / 2 + 0.5, 0, 1) * 255) as uint8, NCHW → NHWC.
 // ONNX Runtime then returns finished pixels (a quarter of float32's bytes, no JavaScript
 // pixel loop); the float `sample` output stays available for output_type=pt.
-import { DataType, GraphBuilder, attr, decodeModel, encodeModel, onnx, type ModelProto } from './onnx-graph.js';
+import { DataType, GraphBuilder, attr, decodeModel, encodeModel, onnx, type ModelProto } from './graph.js';
 
 export const IMAGE_OUTPUT = 'image';
 const MIN_OPSET = 11; // Round and Clip-with-inputs

@@ -7,7 +7,7 @@ import { ServiceError } from '../errors.js';
 import { InferenceRunner, type RunnerLogger, type RunResult } from '../inference/runner.js';
 import type { ModelIo, OutputName } from '../inference/protocol.js';
 import type { LatentTensor, ModelLimits } from '../latents/parse.js';
-import { defaultFactors, type ModelConfigFile } from './registry.js';
+import { defaultFactors, type ModelConfigFile } from './model-config.js';
 
 export interface ModelSpec {
   name: string;

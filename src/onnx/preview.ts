@@ -2,7 +2,7 @@
 // (factors as published in ComfyUI's latent formats) followed by a bilinear 8× resize. It takes
 // the same decoder-space input as the real VAE decoder, so the service treats it like any other
 // model. It is an approximation for previews and smoke tests, not the VAE.
-import { GraphBuilder, attr, encodeModel } from './onnx-graph.js';
+import { GraphBuilder, attr, encodeModel } from './graph.js';
 
 export const PREVIEW_MODEL_NAME = 'sd15-preview';
 export const PREVIEW_SCALING_FACTOR = 0.18215;
