@@ -3,8 +3,7 @@
 // batches of one), after a warm-up, best of several rounds. Also times one scrape.
 //   npx tsx scripts/bench-metrics.ts [N]
 import os from 'node:os';
-import { Metrics } from '../src/plugins/metrics.js';
-import type { DecodeEvent } from '../src/routes/decode.js';
+import { Metrics, type DecodeEvent } from '../src/plugins/metrics.js';
 
 const N = Number(process.argv[2] ?? 100_000);
 const ROUNDS = 5;

@@ -12,7 +12,7 @@ export const OPENAPI_FILE = fileURLToPath(new URL('../openapi/openapi.json', imp
 
 /** The document the service serves at /docs/json. */
 export async function openapiDocument(): Promise<unknown> {
-  const app = buildApp({ config: loadConfig({}), draining: false, inflight: 0 }, { logger: createLogger('silent') });
+  const app = buildApp({ config: loadConfig({}), logger: createLogger('silent') });
   try {
     await app.ready();
     return app.swagger();

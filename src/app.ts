@@ -1,33 +1,19 @@
-// The Fastify application: body parsing, auth, error mapping, metrics, docs and routes, nothing else.
+// The application plugin: body parsing, error mapping, then the plugins (models, metrics, auth,
+// docs) and the routes, each a plugin of its own. server.ts and the tests build it with buildApp.
 import Fastify, { type FastifyInstance, type FastifyServerOptions } from 'fastify';
+import fp from 'fastify-plugin';
 import { randomUUID } from 'node:crypto';
-import { bearerAuth } from './plugins/auth.js';
 import type { Config } from './config.js';
 import { ServiceError, isServiceError, type ErrorCode } from './errors.js';
-import { Metrics } from './plugins/metrics.js';
-import type { ModelRegistry } from './serving/registry.js';
-import { registerDocs } from './plugins/swagger.js';
-import { decodeRoutes, type DecodeObserver } from './routes/decode.js';
-import { healthRoutes } from './routes/health.js';
-import { metricsRoutes } from './routes/metrics.js';
-import { modelRoutes } from './routes/models.js';
+import auth from './plugins/auth.js';
+import metrics from './plugins/metrics.js';
+import models, { type ModelHost } from './plugins/models.js';
+import swagger from './plugins/swagger.js';
+import decodeRoutes from './routes/decode.js';
+import healthRoutes from './routes/health.js';
+import metricsRoutes from './routes/metrics.js';
+import modelRoutes from './routes/models.js';
 import { errorSchema } from './schemas.js';
-
-declare module 'fastify' {
-  interface FastifyInstance {
-    /** This app's Prometheus registry and recorders; pass `metrics.onBatch` to ModelRegistry.load. */
-    metrics: Metrics;
-  }
-}
-
-/** What the routes share: set once the models are up, flipped when draining. */
-export interface AppContext {
-  config: Config;
-  registry?: ModelRegistry;
-  draining: boolean;
-  /** /decode requests accepted and not yet answered. */
-  inflight: number;
-}
 
 const FASTIFY_CODES: Record<string, ErrorCode> = {
   FST_ERR_CTP_BODY_TOO_LARGE: 'BODY_TOO_LARGE',
@@ -37,14 +23,23 @@ const FASTIFY_CODES: Record<string, ErrorCode> = {
   FST_ERR_VALIDATION: 'BAD_PARAMETER',
 };
 
-export function buildApp(ctx: AppContext, opts: { logger: FastifyServerOptions['loggerInstance']; observer?: DecodeObserver }): FastifyInstance {
-  const app = Fastify({
-    loggerInstance: opts.logger,
-    bodyLimit: ctx.config.bodyLimitBytes,
+export interface AppOptions {
+  config: Config;
+  /** Serve another app's models instead of loading its own (see plugins/models.ts). */
+  models?: ModelHost;
+}
+
+/** Fastify's own server settings that come from the configuration. */
+export function serverOptions(cfg: Config): FastifyServerOptions {
+  return {
+    bodyLimit: cfg.bodyLimitBytes,
     requestIdHeader: 'x-request-id',
     genReqId: () => randomUUID(),
-  });
+  };
+}
 
+async function app(app: FastifyInstance, opts: AppOptions): Promise<void> {
+  const cfg = opts.config;
   // One parser for every body: /decode reads raw bytes, .npy and JSON itself, so that each
   // encoding's mistakes get the service's own error codes.
   app.removeAllContentTypeParsers();
@@ -60,7 +55,7 @@ export function buildApp(ctx: AppContext, opts: { logger: FastifyServerOptions['
     else {
       const fe = err as { code?: string; statusCode?: number; message: string };
       const code = fe.code ? FASTIFY_CODES[fe.code] : undefined;
-      if (code === 'BODY_TOO_LARGE') e = new ServiceError(code, `the body is over the limit of ${ctx.config.bodyLimitBytes} bytes (BODY_LIMIT_BYTES); send fewer latents per request`);
+      if (code === 'BODY_TOO_LARGE') e = new ServiceError(code, `the body is over the limit of ${cfg.bodyLimitBytes} bytes (BODY_LIMIT_BYTES); send fewer latents per request`);
       else if (code) e = new ServiceError(code, fe.message);
       else if (fe.statusCode && fe.statusCode < 500) e = new ServiceError('BAD_PARAMETER', fe.message);
       else e = new ServiceError('INTERNAL', 'internal error', { cause: err });
@@ -74,17 +69,23 @@ export function buildApp(ctx: AppContext, opts: { logger: FastifyServerOptions['
     void reply.code(404).send(new ServiceError('NOT_FOUND', `no route ${req.method} ${req.url.split('?')[0]}`).body());
   });
 
-  const metrics = new Metrics(ctx);
-  app.decorate('metrics', metrics);
-  if (ctx.config.authTokens.length > 0) app.addHook('onRequest', bearerAuth(ctx.config.authTokens));
   app.addSchema(errorSchema);
-  registerDocs(app);
-  // In a plugin, so that the routes are added after the docs plugin is listening for them.
-  void app.register(async (api) => {
-    healthRoutes(api, ctx);
-    modelRoutes(api, ctx);
-    decodeRoutes(api, ctx, { onDecode: (e) => { metrics.onDecode(e); opts.observer?.onDecode?.(e); } });
-    metricsRoutes(api, metrics);
-  });
-  return app;
+  await app.register(models, { config: cfg, host: opts.models });
+  await app.register(metrics);
+  await app.register(auth, { tokens: cfg.authTokens });
+  // Before the routes: the document collects them as they are added.
+  await app.register(swagger);
+  await app.register(healthRoutes);
+  await app.register(modelRoutes);
+  await app.register(decodeRoutes);
+  await app.register(metricsRoutes);
+}
+
+export const appPlugin = fp(app, { name: 'latent-decoder', fastify: '5.x' });
+
+/** The Fastify instance with the app registered; call `app.models.load()` to load the models. */
+export function buildApp(opts: AppOptions & { logger: FastifyServerOptions['loggerInstance'] }): FastifyInstance {
+  const instance = Fastify({ loggerInstance: opts.logger, ...serverOptions(opts.config) });
+  void instance.register(appPlugin, { config: opts.config, models: opts.models });
+  return instance as unknown as FastifyInstance;
 }

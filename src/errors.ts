@@ -1,6 +1,7 @@
 // Every error code the service answers with, in one place. A client mistake is a 4xx whose
 // message names the problem; the error handler shows messages only for status < 500, except for
 // inference failures, whose cause the client needs to see.
+import { BatchTooLargeError, CancelledError, DeadlineError, QueueFullError } from './batching/batcher.js';
 
 export const ErrorCodes = {
   BAD_PARAMETER: 400,
@@ -50,3 +51,15 @@ export class ServiceError extends Error {
 }
 
 export const isServiceError = (e: unknown): e is ServiceError => e instanceof ServiceError;
+
+/** Any error thrown on the request path as the service's error: the batcher's map to their codes. */
+export function toServiceError(e: unknown): ServiceError {
+  if (e instanceof ServiceError) return e;
+  if (e instanceof QueueFullError) {
+    return new ServiceError('QUEUE_FULL', `the service is at capacity: ${e.message}`, { headers: { 'retry-after': String(e.retryAfterSeconds) } });
+  }
+  if (e instanceof BatchTooLargeError) return new ServiceError('BATCH_TOO_LARGE', e.message);
+  if (e instanceof DeadlineError) return new ServiceError('DEADLINE_EXCEEDED', e.message);
+  if (e instanceof CancelledError) return new ServiceError('CLIENT_CLOSED', e.message);
+  return new ServiceError('INTERNAL', (e as Error)?.message ?? String(e), { cause: e });
+}

@@ -117,7 +117,7 @@ test('batching: a client that disconnects is removed from the queue and its work
   await busy;
   await s.registry.idle();
   assert.equal(s.batches.length, 1, 'the disconnected request never ran');
-  assert.equal(s.ctx.inflight, 0, 'and was settled');
+  assert.equal(s.host.inflight, 0, 'and was settled');
   assert.equal((await decode(s, bigLatent(3), '1,4,32,32')).statusCode, 200);
 });
 

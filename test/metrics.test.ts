@@ -157,7 +157,7 @@ test('metrics: requests, outcomes, stages, batches, queue depth and models after
 
 test('metrics: each app has its own registry, none in the global one', async (t) => {
   const { app } = await service(t);
-  const other = buildApp({ config: loadConfig({}), draining: false, inflight: 0 }, { logger: pino({ level: 'silent' }) });
+  const other = buildApp({ config: loadConfig({}), logger: pino({ level: 'silent' }) });
   t.after(() => other.close());
   assert.equal((await app.inject({ method: 'POST', url: '/decode?shape=1,4,8,8', payload: latents(1) })).statusCode, 200);
   assert.equal(value(await scrape(app), 'latent_decoder_requests_total', { model: MODEL, outcome: 'ok' }), 1);

@@ -32,7 +32,7 @@ test('openapi: the committed document is valid OpenAPI 3.1', async () => {
 });
 
 test('openapi: every route of the app is documented, /docs serves Swagger UI', async (t) => {
-  const app = buildApp({ config: loadConfig({}), draining: false, inflight: 0 }, { logger: pino({ level: 'silent' }) });
+  const app = buildApp({ config: loadConfig({}), logger: pino({ level: 'silent' }) });
   t.after(() => app.close());
   const routes: RouteOptions[] = [];
   app.addHook('onRoute', (r) => void routes.push(r));
@@ -76,8 +76,8 @@ test('openapi: /decode documents its query but does not validate it (the service
 });
 
 test('openapi: response schemas serialize every JSON answer exactly as JSON.stringify would', async (t) => {
-  const { app, ctx } = await startService(t, PREVIEW);
-  const plain = buildApp(ctx, { logger: pino({ level: 'silent' }) });
+  const { app, host } = await startService(t, PREVIEW);
+  const plain = buildApp({ config: app.config, models: host, logger: pino({ level: 'silent' }) });
   plain.setSerializerCompiler(() => (data) => JSON.stringify(data));
   t.after(() => plain.close());
   const requests = [
@@ -96,7 +96,7 @@ test('openapi: response schemas serialize every JSON answer exactly as JSON.stri
     assert.equal(a.statusCode, b.statusCode, what);
     assert.deepEqual(a.json(), b.json(), what);
   }
-  ctx.draining = true;
+  host.draining = true;
   const [a, b] = await Promise.all([app.inject('/readyz'), plain.inject('/readyz')]);
   assert.equal(a.statusCode, 503);
   assert.deepEqual(a.json(), b.json());

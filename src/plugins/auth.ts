@@ -3,7 +3,8 @@
 // a large body. The routes whose schema declares `security: []` (probes, metrics) stay open; so
 // the OpenAPI document and the hook cannot disagree.
 import { createHash, timingSafeEqual } from 'node:crypto';
-import type { FastifyRequest, onRequestAsyncHookHandler } from 'fastify';
+import type { FastifyInstance, FastifyRequest, onRequestAsyncHookHandler } from 'fastify';
+import fp from 'fastify-plugin';
 import { ServiceError } from '../errors.js';
 
 const digest = (s: string): Buffer => createHash('sha256').update(s).digest();
@@ -16,7 +17,7 @@ function isPublic(req: FastifyRequest): boolean {
   return Array.isArray(security) && security.length === 0;
 }
 
-export function bearerAuth(tokens: readonly string[]): onRequestAsyncHookHandler {
+function bearerAuth(tokens: readonly string[]): onRequestAsyncHookHandler {
   // Digests have one length whatever the token's, so comparing them leaks neither the length nor
   // the content; every token is compared, so which one matched does not show either.
   const accepted = tokens.map(digest);
@@ -30,3 +31,8 @@ export function bearerAuth(tokens: readonly string[]): onRequestAsyncHookHandler
     if (!ok) throw new ServiceError('UNAUTHORIZED', 'the bearer token is not valid', { headers: { 'www-authenticate': `${CHALLENGE}, error="invalid_token"` } });
   };
 }
+
+/** Adds the check to every route of the app when tokens are configured; nothing otherwise. */
+export default fp(async (app: FastifyInstance, opts: { tokens: readonly string[] }) => {
+  if (opts.tokens.length > 0) app.addHook('onRequest', bearerAuth(opts.tokens));
+}, { name: 'auth', fastify: '5.x' });

@@ -2,11 +2,41 @@
 // one process (the tests) keep separate counts. Requests and batches are recorded as they happen;
 // what the models and the queue look like now (queue depth, in-flight, model info) is read on
 // scrape, so it never goes stale and the request path does not pay for it.
+import type { FastifyInstance } from 'fastify';
+import fp from 'fastify-plugin';
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
 import type { BatchInfo } from '../batching/batcher.js';
+import type { ImageFormat } from '../latents/options.js';
 import type { ModelRegistry } from '../serving/registry.js';
 import type { ServedModel } from '../serving/served-model.js';
-import type { DecodeEvent, Outcome, StageTimings } from '../routes/decode.js';
+import type {} from './models.js'; // the `models` decorator
+
+declare module 'fastify' {
+  interface FastifyInstance {
+    /** This app's Prometheus registry and recorders. */
+    metrics: Metrics;
+  }
+}
+
+export type Outcome = 'ok' | 'rejected' | 'timed_out' | 'cancelled' | 'bad_request' | 'error';
+
+export interface StageTimings {
+  parse?: number;
+  queue?: number;
+  infer?: number;
+  encode?: number;
+}
+
+/** What the decode route reports once per request, when it is answered (or its client is gone). */
+export interface DecodeEvent {
+  model: string | undefined;
+  outcome: Outcome;
+  seconds: number;
+  timings: StageTimings;
+  samples: number;
+  /** What an ok answer carried: an image format or the raw tensor. */
+  format?: ImageFormat | 'tensor';
+}
 
 export const METRIC_PREFIX = 'latent_decoder_';
 
@@ -16,7 +46,7 @@ const BATCH_SIZE_BUCKETS = [1, 2, 4, 8, 16, 32, 64];
 const OUTCOMES: Record<Outcome, null> = { ok: null, rejected: null, timed_out: null, cancelled: null, bad_request: null, error: null };
 const STAGES = ['parse', 'queue', 'infer', 'encode'] as const satisfies readonly (keyof StageTimings)[];
 
-/** What the scrape reads: the app context (models, once loaded, and the in-flight count). */
+/** What the scrape reads: the models (once loaded) and the in-flight count (the models plugin's host). */
 export interface MetricsSource {
   registry?: ModelRegistry;
   inflight: number;
@@ -126,7 +156,7 @@ export class Metrics {
     if (e.outcome === 'ok' && e.format) this.decodedSamples.inc({ model, format: e.format }, e.samples);
   };
 
-  /** The batchers' listener (ModelRegistry.load): once per batch run. */
+  /** The models' batch listener: once per batch run. */
   readonly onBatch = (model: string, b: BatchInfo): void => {
     this.batches.inc({ model });
     this.batchSamples.inc({ model }, b.samples);
@@ -144,3 +174,10 @@ export class Metrics {
     }
   }
 }
+
+/** Decorates `metrics` and records every batch run of the models plugin's host. */
+export default fp(async (app: FastifyInstance) => {
+  const metrics = new Metrics(app.models);
+  app.decorate('metrics', metrics);
+  app.models.onBatch(metrics.onBatch);
+}, { name: 'metrics', dependencies: ['models'], fastify: '5.x' });

@@ -4,12 +4,13 @@
 import swagger from '@fastify/swagger';
 import swaggerUi from '@fastify/swagger-ui';
 import type { FastifyInstance } from 'fastify';
+import fp from 'fastify-plugin';
 import { readFileSync } from 'node:fs';
 
 const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string; description: string };
 
-export function registerDocs(app: FastifyInstance): void {
-  void app.register(swagger, {
+export default fp(async (app: FastifyInstance) => {
+  await app.register(swagger, {
     openapi: {
       openapi: '3.1.0',
       info: { title: 'latent-decoder', version: pkg.version, description: pkg.description },
@@ -23,5 +24,5 @@ export function registerDocs(app: FastifyInstance): void {
     // Shared schemas appear under their $id (#/components/schemas/Error), not def-0.
     refResolver: { buildLocalReference: (json, _baseUri, _fragment, i) => (typeof json.$id === 'string' ? json.$id : `def-${i}`) },
   });
-  void app.register(swaggerUi, { routePrefix: '/docs' });
-}
+  await app.register(swaggerUi, { routePrefix: '/docs' });
+}, { name: 'swagger', fastify: '5.x' });

@@ -2,49 +2,14 @@
 // batcher (queue), the inference worker (infer), images/encode (encode); this file wires them to
 // the request, its deadline and its connection.
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
-import { BatchTooLargeError, CancelledError, DeadlineError, QueueFullError } from '../batching/batcher.js';
-import { ServiceError } from '../errors.js';
+import { CancelledError, DeadlineError } from '../batching/batcher.js';
+import { ServiceError, toServiceError } from '../errors.js';
 import { CONTENT_TYPES, encodeImage } from '../images/encode.js';
 import type { OutputName } from '../inference/protocol.js';
 import { formatFromAccept, type ImageFormat } from '../latents/options.js';
 import { bodyKind, parseBody, toDecoderSpace } from '../latents/parse.js';
-import type { AppContext } from '../app.js';
+import type { DecodeEvent, Outcome, StageTimings } from '../plugins/metrics.js';
 import { decodeSchema, documentOnly } from '../schemas.js';
-
-export type Outcome = 'ok' | 'rejected' | 'timed_out' | 'cancelled' | 'bad_request' | 'error';
-
-export interface StageTimings {
-  parse?: number;
-  queue?: number;
-  infer?: number;
-  encode?: number;
-}
-
-export interface DecodeEvent {
-  model: string | undefined;
-  outcome: Outcome;
-  seconds: number;
-  timings: StageTimings;
-  samples: number;
-  /** What an ok answer carried: an image format or the raw tensor. */
-  format?: ImageFormat | 'tensor';
-}
-
-export interface DecodeObserver {
-  /** Once per /decode request, when it is answered (or its client is gone). */
-  onDecode?(e: DecodeEvent): void;
-}
-
-function toServiceError(e: unknown): ServiceError {
-  if (e instanceof ServiceError) return e;
-  if (e instanceof QueueFullError) {
-    return new ServiceError('QUEUE_FULL', `the service is at capacity: ${e.message}`, { headers: { 'retry-after': String(e.retryAfterSeconds) } });
-  }
-  if (e instanceof BatchTooLargeError) return new ServiceError('BATCH_TOO_LARGE', e.message);
-  if (e instanceof DeadlineError) return new ServiceError('DEADLINE_EXCEEDED', e.message);
-  if (e instanceof CancelledError) return new ServiceError('CLIENT_CLOSED', e.message);
-  return new ServiceError('INTERNAL', (e as Error)?.message ?? String(e), { cause: e });
-}
 
 function outcomeOf(status: number): Outcome {
   if (status === 429) return 'rejected';
@@ -63,8 +28,9 @@ function timeoutMs(req: FastifyRequest, max: number): number {
   return Math.min(v, max); // shortens, never lengthens
 }
 
-export function decodeRoutes(app: FastifyInstance, ctx: AppContext, observer: DecodeObserver = {}): void {
-  const cfg = ctx.config;
+export default async function decodeRoutes(app: FastifyInstance): Promise<void> {
+  const cfg = app.config;
+  const host = app.models;
 
   app.post('/decode', { schema: decodeSchema, validatorCompiler: documentOnly }, async (req: FastifyRequest, reply: FastifyReply) => {
     const start = performance.now();
@@ -72,9 +38,9 @@ export function decodeRoutes(app: FastifyInstance, ctx: AppContext, observer: De
     let modelName: string | undefined;
     let samples = 0;
     const done = (outcome: Outcome, format?: DecodeEvent['format']): void =>
-      observer.onDecode?.({ model: modelName, outcome, seconds: (performance.now() - start) / 1000, timings, samples, format });
-    if (ctx.draining) throw new ServiceError('SHUTTING_DOWN', 'the service is shutting down; retry on another replica');
-    const registry = ctx.registry;
+      app.metrics.onDecode({ model: modelName, outcome, seconds: (performance.now() - start) / 1000, timings, samples, format });
+    if (host.draining) throw new ServiceError('SHUTTING_DOWN', 'the service is shutting down; retry on another replica');
+    const registry = host.registry;
     if (!registry) throw new ServiceError('NOT_READY', 'the models are still loading; retry shortly');
 
     const controller = new AbortController();
@@ -83,7 +49,7 @@ export function decodeRoutes(app: FastifyInstance, ctx: AppContext, observer: De
     };
     reply.raw.once('close', onClose);
     let timer: NodeJS.Timeout | undefined;
-    ctx.inflight++;
+    host.inflight++;
     try {
       const deadline = start + timeoutMs(req, cfg.requestTimeoutMs);
       timer = setTimeout(() => controller.abort(new DeadlineError('the request did not finish before its deadline')), deadline - performance.now());
@@ -134,7 +100,7 @@ export function decodeRoutes(app: FastifyInstance, ctx: AppContext, observer: De
     } finally {
       clearTimeout(timer);
       reply.raw.off('close', onClose);
-      ctx.inflight--;
+      host.inflight--;
     }
   });
 }

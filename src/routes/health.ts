@@ -2,15 +2,15 @@
 // and 503 again while draining, so Kubernetes stops routing before the process goes away.
 import type { FastifyInstance } from 'fastify';
 import { ServiceError } from '../errors.js';
-import type { AppContext } from '../app.js';
 import { healthzSchema, readyzSchema } from '../schemas.js';
 
-export function healthRoutes(app: FastifyInstance, ctx: AppContext): void {
+export default async function healthRoutes(app: FastifyInstance): Promise<void> {
+  const host = app.models;
   app.get('/healthz', { schema: healthzSchema }, async () => ({ status: 'ok' }));
 
   app.get('/readyz', { schema: readyzSchema }, async () => {
-    if (ctx.draining) throw new ServiceError('SHUTTING_DOWN', 'the service is draining');
-    if (!ctx.registry) throw new ServiceError('NOT_READY', 'the models are loading and warming up');
-    return { status: 'ready', models: ctx.registry.names, defaultModel: ctx.registry.defaultName };
+    if (host.draining) throw new ServiceError('SHUTTING_DOWN', 'the service is draining');
+    if (!host.registry) throw new ServiceError('NOT_READY', 'the models are loading and warming up');
+    return { status: 'ready', models: host.registry.names, defaultModel: host.registry.defaultName };
   });
 }

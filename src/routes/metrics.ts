@@ -1,8 +1,8 @@
-// GET /metrics: the Prometheus exposition of this app's registry (src/metrics.ts).
+// GET /metrics: the Prometheus exposition of this app's registry (plugins/metrics.ts).
 import type { FastifyInstance } from 'fastify';
-import type { Metrics } from '../plugins/metrics.js';
 import { metricsSchema } from '../schemas.js';
 
-export function metricsRoutes(app: FastifyInstance, metrics: Metrics): void {
+export default async function metricsRoutes(app: FastifyInstance): Promise<void> {
+  const metrics = app.metrics;
   app.get('/metrics', { schema: metricsSchema }, async (_req, reply) => reply.type(metrics.contentType).send(await metrics.text()));
 }

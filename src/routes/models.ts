@@ -1,11 +1,11 @@
 // GET /v1/models: what is served, on which execution provider, with which factors.
 import type { FastifyInstance } from 'fastify';
-import type { AppContext } from '../app.js';
 import { modelsSchema } from '../schemas.js';
 
-export function modelRoutes(app: FastifyInstance, ctx: AppContext): void {
+export default async function modelRoutes(app: FastifyInstance): Promise<void> {
+  const host = app.models;
   app.get('/v1/models', { schema: modelsSchema }, async () => {
-    const reg = ctx.registry;
+    const reg = host.registry;
     return {
       defaultModel: reg?.defaultName ?? null,
       models: reg ? [...reg.models.values()].map((m) => ({
@@ -16,7 +16,7 @@ export function modelRoutes(app: FastifyInstance, ctx: AppContext): void {
         scalingFactor: m.scalingFactor,
         shiftFactor: m.shiftFactor,
         provider: m.io.provider,
-        ready: !ctx.draining,
+        ready: !host.draining,
         builtin: m.spec.builtin,
         source: m.spec.file.source ?? m.spec.modelPath ?? null,
       })) : [],

@@ -4,10 +4,11 @@ import path from 'node:path';
 import type { TestContext } from 'node:test';
 import pino from 'pino';
 import sharp from 'sharp';
-import { buildApp, type AppContext } from '../../src/app.js';
+import { buildApp } from '../../src/app.js';
 import type { BatchInfo } from '../../src/batching/batcher.js';
 import { loadConfig } from '../../src/config.js';
-import { ModelRegistry } from '../../src/serving/registry.js';
+import type { ModelHost } from '../../src/plugins/models.js';
+import type { ModelRegistry } from '../../src/serving/registry.js';
 import { readNpy } from '../../src/tensor/npy.js';
 
 import { FIXTURES, FIXTURE_MODEL, tempDir } from './paths.js';
@@ -16,7 +17,8 @@ export { FIXTURES, FIXTURE_MODEL, REPO, tempDir } from './paths.js';
 
 export interface TestService {
   app: ReturnType<typeof buildApp>;
-  ctx: AppContext;
+  /** The models plugin's host: registry, draining, in-flight count. */
+  host: ModelHost;
   registry: ModelRegistry;
   batches: (BatchInfo & { model: string })[];
 }
@@ -32,19 +34,13 @@ export async function startService(t: TestContext, env: Record<string, string> =
   });
   const log = pino({ level: 'silent' });
   const batches: TestService['batches'] = [];
-  const ctx: AppContext = { config: cfg, draining: false, inflight: 0 };
-  const app = buildApp(ctx, { logger: log });
-  const registry = await ModelRegistry.load(cfg, log, (model, info) => {
-    batches.push({ model, ...info });
-    app.metrics.onBatch(model, info);
-  });
-  ctx.registry = registry;
-  t.after(async () => {
-    await app.close();
-    await registry.close();
-  });
+  const app = buildApp({ config: cfg, logger: log });
+  t.after(() => app.close());
   await app.ready();
-  return { app, ctx, registry, batches };
+  const host = app.models;
+  host.onBatch((model, info) => batches.push({ model, ...info }));
+  const registry = await host.load();
+  return { app, host, registry, batches };
 }
 
 export interface Fixture {

@@ -1,0 +1,69 @@
+// The models: loaded after the server listens (live at once, ready once every model has loaded and
+// warmed up), drained on shutdown. Decorates the instance with `models`, which routes read for the
+// registry, readiness and the in-flight count, instead of a shared mutable context.
+import type { FastifyInstance } from 'fastify';
+import fp from 'fastify-plugin';
+import type { BatchInfo } from '../batching/batcher.js';
+import type { Config } from '../config.js';
+import type { RunnerLogger } from '../inference/runner.js';
+import { ModelRegistry } from '../serving/registry.js';
+
+declare module 'fastify' {
+  interface FastifyInstance {
+    config: Config;
+    models: ModelHost;
+  }
+}
+
+export type BatchListener = (model: string, info: BatchInfo) => void;
+
+export class ModelHost {
+  /** Set once every model has loaded and warmed up. */
+  registry?: ModelRegistry;
+  /** Set on SIGTERM: readiness turns 503, new requests are refused, accepted ones are answered. */
+  draining = false;
+  /** /decode requests accepted and not yet answered. */
+  inflight = 0;
+  private readonly listeners: BatchListener[] = [];
+
+  constructor(private readonly cfg: Config, private readonly log: RunnerLogger) {}
+
+  /** Calls `fn` after every batch run of every model (metrics, tests). */
+  onBatch(fn: BatchListener): void {
+    this.listeners.push(fn);
+  }
+
+  get ready(): boolean {
+    return this.registry !== undefined && !this.draining;
+  }
+
+  async load(): Promise<ModelRegistry> {
+    this.registry = await ModelRegistry.load(this.cfg, this.log, (model, info) => {
+      for (const fn of this.listeners) fn(model, info);
+    });
+    return this.registry;
+  }
+
+  /** True when nothing is accepted, queued or running. */
+  get idle(): boolean {
+    if (this.inflight > 0) return false;
+    return [...(this.registry?.models.values() ?? [])].every((m) => m.batcher.waitingSamples === 0 && m.batcher.runningBatches === 0);
+  }
+
+  async close(): Promise<void> {
+    await this.registry?.close();
+  }
+}
+
+export interface ModelsPluginOptions {
+  config: Config;
+  /** Serve an existing host's models (a second app on the same models, as the tests build). */
+  host?: ModelHost;
+}
+
+export default fp(async (app: FastifyInstance, opts: ModelsPluginOptions) => {
+  const host = opts.host ?? new ModelHost(opts.config, app.log);
+  app.decorate('config', opts.config);
+  app.decorate('models', host);
+  if (!opts.host) app.addHook('onClose', () => host.close());
+}, { name: 'models', fastify: '5.x' });
