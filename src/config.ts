@@ -15,13 +15,17 @@ export interface Config {
   defaultModel?: string;
   executionProviders: ExecutionProvider[];
   maxBatchSize: number;
+  /** Latent pixels (h × w, summed over its samples) one batch may hold: bounds a run's memory. */
+  maxBatchLatentPixels: number;
   maxQueueDelayMs: number;
+  /** Sessions (worker threads) per model, sharing its batcher. */
+  modelInstances: number;
   maxQueueSize: number;
   requestTimeoutMs: number;
   maxLatentSide: number;
   bodyLimitBytes: number;
-  /** Latent side of the warm-up run; default 64 on CUDA (cuDNN tunes per shape), 8 on CPU. */
-  warmupLatentSide?: number;
+  /** Latent sizes [h, w] warmed up before ready; unset: 64×64 on GPU providers, one 8×8 run on CPU. */
+  warmupLatentSizes?: [number, number][];
   /** ORT intra-op threads per session; 0 lets ORT choose. */
   intraOpThreads: number;
   pngCompressionLevel: number;
@@ -50,6 +54,18 @@ function optional(env: Env, name: string): string | undefined {
   return v ? v : undefined;
 }
 
+/** `64x64,128x128` → [[64, 64], [128, 128]]; unset → undefined. */
+function latentSizes(env: Env, name: string): [number, number][] | undefined {
+  const raw = optional(env, name);
+  if (raw === undefined) return undefined;
+  return raw.split(',').map((part) => {
+    const m = /^\s*(\d{1,4})x(\d{1,4})\s*$/.exec(part);
+    const [h, w] = m ? [Number(m[1]), Number(m[2])] : [0, 0];
+    if (h < 1 || w < 1) throw new ConfigError(`${name}=${JSON.stringify(raw)} is not valid: expected latent sizes like 64x64,128x128`);
+    return [h, w];
+  });
+}
+
 export function loadConfig(env: Env = process.env): Config {
   const providers = (optional(env, 'EXECUTION_PROVIDERS') ?? 'cuda,cpu').split(',').map((p) => p.trim().toLowerCase()).filter(Boolean);
   for (const p of providers) {
@@ -63,7 +79,6 @@ export function loadConfig(env: Env = process.env): Config {
     throw new ConfigError(`LOG_LEVEL=${JSON.stringify(env.LOG_LEVEL)} is not valid: expected one of ${LOG_LEVELS.join(', ')}`);
   }
   const maxBatchSize = int(env, 'MAX_BATCH_SIZE', 8, 1, 1024);
-  const warmup = optional(env, 'WARMUP_LATENT_SIDE');
   const cfg: Config = {
     host: optional(env, 'HOST') ?? '0.0.0.0',
     port: int(env, 'PORT', 8080, 0, 65535),
@@ -72,12 +87,14 @@ export function loadConfig(env: Env = process.env): Config {
     defaultModel: optional(env, 'DEFAULT_MODEL'),
     executionProviders: [...new Set(providers)] as ExecutionProvider[],
     maxBatchSize,
-    maxQueueDelayMs: int(env, 'MAX_QUEUE_DELAY_MS', 5, 0, 60_000),
+    maxBatchLatentPixels: int(env, 'MAX_BATCH_LATENT_PIXELS', maxBatchSize * 64 * 64, 1),
+    maxQueueDelayMs: int(env, 'MAX_QUEUE_DELAY_MS', 0, 0, 60_000),
+    modelInstances: int(env, 'MODEL_INSTANCES', 1, 1, 64),
     maxQueueSize: int(env, 'MAX_QUEUE_SIZE', 64, 1, 1_000_000),
     requestTimeoutMs: int(env, 'REQUEST_TIMEOUT_MS', 30_000, 1, 3_600_000),
     maxLatentSide: int(env, 'MAX_LATENT_SIDE', 128, 1, 1024),
     bodyLimitBytes: int(env, 'BODY_LIMIT_BYTES', 64 * 1024 * 1024, 1024),
-    warmupLatentSide: warmup === undefined ? undefined : int(env, 'WARMUP_LATENT_SIDE', 8, 1, 1024),
+    warmupLatentSizes: latentSizes(env, 'WARMUP_LATENT_SIZES'),
     intraOpThreads: int(env, 'ORT_INTRA_OP_THREADS', 0, 0, 1024),
     pngCompressionLevel: int(env, 'PNG_COMPRESSION_LEVEL', 6, 0, 9),
     logLevel: logLevel as Config['logLevel'],

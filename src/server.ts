@@ -34,6 +34,11 @@ closeWithGrace({
 });
 
 await app.listen({ host: cfg.host, port: cfg.port });
+app.models.onFatal = (err) => {
+  // Kubernetes restarts the pod; staying up would answer 500 to every request.
+  log.fatal({ err }, 'a model can no longer run; exiting');
+  process.exit(1);
+};
 try {
   const reg = await app.models.load();
   if (reg.defaultName === PREVIEW_MODEL_NAME) {

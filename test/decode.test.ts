@@ -53,7 +53,7 @@ test('decode: output_type=pt returns the float tensor within 1e-4, partial_postp
   assert.equal(float.statusCode, 200, float.body);
   assert.equal(float.headers.shape, '[2,3,128,128]');
   assert.equal(float.headers.dtype, 'float32');
-  assert.match(String(float.headers['server-timing']), /^parse;dur=[\d.]+, queue;dur=[\d.]+, infer;dur=[\d.]+, encode;dur=[\d.]+$/);
+  assert.match(String(float.headers['server-timing']), /^parse;dur=[\d.]+, queue;dur=[\d.]+, infer;dur=[\d.]+, encode;dur=[\d.]+, total;dur=[\d.]+$/);
   const out = toFloat32(float.rawPayload, 'float32');
   assert.ok(maxAbsDiff(out, f.reference) <= 1e-4, `max diff ${maxAbsDiff(out, f.reference)}`);
 

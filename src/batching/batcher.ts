@@ -1,11 +1,14 @@
-// The dynamic batcher: requests queue by what can share a run; a batch is released when it holds
-// maxBatchSize samples, when its oldest request has waited maxQueueDelayMs, or at once when the
-// runner is idle and the delay is 0. It counts samples, splits a request across runs when it does
-// not fit, and settles every request exactly once. Pure: it knows neither HTTP nor ONNX Runtime;
-// the runner it is given does the work.
+// The dynamic batcher: requests queue by what can share a run; a batch is released when it is full
+// (maxBatchSize samples, or maxBatchCost of cost: latent area), when its oldest request has waited
+// maxQueueDelayMs, or — with the default delay 0 — as soon as a runner is free: a request reaching
+// an idle model runs at once, and what arrives during a run is taken whole by the next batch. It
+// counts samples, splits a request across runs when it does not fit, and settles every request
+// exactly once. Pure: it knows neither HTTP nor ONNX Runtime; the runner it is given does the work.
 
 export interface BatcherOptions {
   maxBatchSize: number;
+  /** Cost a batch may hold (its samples × their cost); a sample over it still runs alone. */
+  maxBatchCost?: number;
   maxQueueDelayMs: number;
   /** Samples allowed to wait (not counting those running). */
   maxQueueSize: number;
@@ -17,6 +20,8 @@ export interface BatcherOptions {
 
 export interface BatchInfo {
   key: string;
+  /** The slot (model instance) that ran it. */
+  slot: number;
   samples: number;
   requests: number;
   runMs: number;
@@ -34,6 +39,8 @@ export interface Batch<P> {
   key: string;
   slices: Slice<P>[];
   samples: number;
+  /** Which of the `concurrency` slots runs it (a model instance), 0-based. */
+  slot: number;
 }
 
 export type RunFn<P, R> = (batch: Batch<P>) => Promise<R>;
@@ -76,6 +83,7 @@ export class CancelledError extends Error {
 interface Job<P, R> {
   payload: P;
   samples: number;
+  unitCost: number;
   next: number; // first sample not yet handed to a run
   done: number; // samples with results
   enqueuedAt: number;
@@ -93,6 +101,8 @@ interface Queue<P, R> {
   key: string;
   jobs: Job<P, R>[];
   samples: number;
+  /** Cost of one sample under this key (all of a key's samples have the same shape). */
+  unitCost: number;
 }
 
 const EWMA = 0.3;
@@ -103,15 +113,22 @@ export class Batcher<P, R> {
   private readonly now: () => number;
   private readonly concurrency: number;
   private running = 0;
+  /** Free slots (model instances), lowest first. */
+  private readonly freeSlots: number[];
   private waiting = 0;
-  private samplesPerMs = 0;
+  private waitingCost = 0;
+  /** Measured drain rate, cost per ms, over all keys. */
+  private costPerMs = 0;
   private timer: NodeJS.Timeout | undefined;
   private timerAt = Infinity;
+  private pumpScheduled = false;
+  private forming = false;
   private idleWaiters: (() => void)[] = [];
 
   constructor(private readonly run: RunFn<P, R>, private readonly opts: BatcherOptions) {
     this.now = opts.now ?? (() => performance.now());
     this.concurrency = opts.concurrency ?? 1;
+    this.freeSlots = Array.from({ length: this.concurrency }, (_, i) => i);
   }
 
   get waitingSamples(): number {
@@ -125,20 +142,22 @@ export class Batcher<P, R> {
   /**
    * Queues `samples` samples under `key`. Rejects with QueueFullError (over the queue limit),
    * BatchTooLargeError (could never fit), DeadlineError (deadline passed or cannot be met),
-   * the signal's reason (aborted), or the runner's error.
+   * the signal's reason (aborted), or the runner's error. `cost` is one sample's cost (its latent
+   * area), the same for every request under a key.
    */
-  submit(key: string, payload: P, samples: number, opts: { deadline?: number; signal?: AbortSignal } = {}): Promise<JobResult<R>> {
+  submit(key: string, payload: P, samples: number, opts: { deadline?: number; signal?: AbortSignal; cost?: number } = {}): Promise<JobResult<R>> {
     if (samples > this.opts.maxQueueSize) {
       return Promise.reject(new BatchTooLargeError(`${samples} samples is more than the queue holds (${this.opts.maxQueueSize}); split the request`));
     }
     if (this.waiting + samples > this.opts.maxQueueSize) {
-      return Promise.reject(new QueueFullError(this.waiting, this.retryAfter(samples)));
+      return Promise.reject(new QueueFullError(this.waiting, this.retryAfter()));
     }
+    const unitCost = opts.cost ?? 1;
     const { signal } = opts;
     if (signal?.aborted) return Promise.reject(signal.reason ?? new CancelledError('cancelled'));
     return new Promise<JobResult<R>>((resolve, reject) => {
       const job: Job<P, R> = {
-        payload, samples, next: 0, done: 0, enqueuedAt: this.now(), runMs: 0,
+        payload, samples, unitCost, next: 0, done: 0, enqueuedAt: this.now(), runMs: 0,
         deadline: opts.deadline ?? Infinity, parts: [], settled: false, resolve, reject, cleanup: () => {},
       };
       if (signal) {
@@ -148,12 +167,27 @@ export class Batcher<P, R> {
       }
       let q = this.queues.get(key);
       if (!q) {
-        q = { key, jobs: [], samples: 0 };
+        q = { key, jobs: [], samples: 0, unitCost };
         this.queues.set(key, q);
       }
       q.jobs.push(job);
       q.samples += samples;
       this.waiting += samples;
+      this.waitingCost += samples * unitCost;
+      this.schedulePump();
+    });
+  }
+
+  /**
+   * Dispatch waits for the end of this event-loop turn: requests whose bodies were read in the same
+   * turn (a burst) share the first run instead of the first of them running alone. Costs one
+   * setImmediate, microseconds, on an idle model.
+   */
+  private schedulePump(): void {
+    if (this.pumpScheduled) return;
+    this.pumpScheduled = true;
+    setImmediate(() => {
+      this.pumpScheduled = false;
       this.pump();
     });
   }
@@ -164,21 +198,32 @@ export class Batcher<P, R> {
     return new Promise((resolve) => this.idleWaiters.push(resolve));
   }
 
-  /** Seconds until `samples` more would fit, from the measured drain rate. */
-  retryAfter(samples: number): number {
-    if (this.samplesPerMs <= 0) return 1;
-    const excess = this.waiting + samples - this.opts.maxQueueSize;
-    return Math.max(1, Math.ceil(excess / this.samplesPerMs / 1000));
+  /**
+   * Seconds until a request sent now would start: the time to run what waits ahead of it, from the
+   * measured drain rate in cost (latent area) per ms, so large latents count for what they cost.
+   * Before any run has been measured, the request timeout's worth is not known: 1 s.
+   */
+  retryAfter(): number {
+    if (this.costPerMs <= 0) return 1;
+    return Math.max(1, Math.ceil(this.waitingCost / this.costPerMs / 1000));
   }
 
   private pump(): void {
-    while (this.running < this.concurrency) {
+    while (this.freeSlots.length > 0) {
       const q = this.nextReady();
       if (!q) break;
-      const { batch, owners } = this.form(q);
+      this.forming = true;
+      const { batch, owners } = this.form(q, this.freeSlots[0]!);
+      this.forming = false;
       if (batch.samples > 0) this.start(batch, owners);
     }
     this.checkIdle();
+  }
+
+  /** Samples one batch of this queue may hold: the sample cap, and the cost cap (at least one). */
+  private capacity(q: Queue<P, R>): number {
+    const byCost = this.opts.maxBatchCost === undefined ? Infinity : Math.floor(this.opts.maxBatchCost / q.unitCost);
+    return Math.max(1, Math.min(this.opts.maxBatchSize, byCost));
   }
 
   /** The queue to run next: among those ready, the one whose oldest request waited longest. */
@@ -189,7 +234,7 @@ export class Batcher<P, R> {
     for (const q of this.queues.values()) {
       const head = q.jobs[0];
       if (!head) continue;
-      const readyAt = q.samples >= this.opts.maxBatchSize ? -Infinity : head.enqueuedAt + this.opts.maxQueueDelayMs;
+      const readyAt = q.samples >= this.capacity(q) ? -Infinity : head.enqueuedAt + this.opts.maxQueueDelayMs;
       if (readyAt <= t) {
         if (!best || head.enqueuedAt < best.jobs[0]!.enqueuedAt) best = q;
       } else {
@@ -211,13 +256,14 @@ export class Batcher<P, R> {
     }, Math.max(0, at - this.now()));
   }
 
-  /** Takes up to maxBatchSize samples from the queue's head; owners[i] is slices[i]'s request. */
-  private form(q: Queue<P, R>): { batch: Batch<P>; owners: Job<P, R>[] } {
-    const batch: Batch<P> = { key: q.key, slices: [], samples: 0 };
+  /** Takes up to capacity(q) samples from the queue's head; owners[i] is slices[i]'s request. */
+  private form(q: Queue<P, R>, slot: number): { batch: Batch<P>; owners: Job<P, R>[] } {
+    const batch: Batch<P> = { key: q.key, slices: [], samples: 0, slot };
     const owners: Job<P, R>[] = [];
     const t = this.now();
     const expected = this.runMs.get(q.key) ?? 0;
-    while (batch.samples < this.opts.maxBatchSize && q.jobs.length > 0) {
+    const capacity = this.capacity(q);
+    while (batch.samples < capacity && q.jobs.length > 0) {
       const job = q.jobs[0]!;
       if (job.deadline < t + expected) {
         // Dropped before its run: the run would end after the deadline anyway.
@@ -226,7 +272,7 @@ export class Batcher<P, R> {
           : `the request cannot finish before its deadline (a run takes about ${Math.round(expected)} ms)`));
         continue;
       }
-      const take = Math.min(job.samples - job.next, this.opts.maxBatchSize - batch.samples);
+      const take = Math.min(job.samples - job.next, capacity - batch.samples);
       batch.slices.push({ payload: job.payload, start: job.next, count: take });
       owners.push(job);
       batch.samples += take;
@@ -234,6 +280,7 @@ export class Batcher<P, R> {
       job.startedAt ??= t;
       q.samples -= take;
       this.waiting -= take;
+      this.waitingCost -= take * q.unitCost;
       if (job.next === job.samples) q.jobs.shift();
     }
     if (q.jobs.length === 0) this.queues.delete(q.key);
@@ -242,17 +289,20 @@ export class Batcher<P, R> {
 
   private start(batch: Batch<P>, jobs: Job<P, R>[]): void {
     this.running++;
+    this.freeSlots.splice(this.freeSlots.indexOf(batch.slot), 1);
     const t0 = this.now();
     const done = (ok: boolean): number => {
       const ms = this.now() - t0;
       this.running--;
-      this.opts.onBatch?.({ key: batch.key, samples: batch.samples, requests: new Set(jobs).size, runMs: ms, ok });
+      this.freeSlots.push(batch.slot);
+      this.freeSlots.sort((a, b) => a - b);
+      this.opts.onBatch?.({ key: batch.key, slot: batch.slot, samples: batch.samples, requests: new Set(jobs).size, runMs: ms, ok });
       return ms;
     };
     this.run(batch).then(
       (result) => {
         const ms = done(true);
-        this.learn(batch, ms);
+        this.learn(batch, ms, this.queueCost(batch, jobs));
         let offset = 0;
         batch.slices.forEach((s, i) => {
           const job = jobs[i]!;
@@ -274,11 +324,16 @@ export class Batcher<P, R> {
     );
   }
 
-  private learn(batch: Batch<P>, ms: number): void {
+  private queueCost(batch: Batch<P>, jobs: Job<P, R>[]): number {
+    return batch.samples * (jobs[0]?.unitCost ?? 1);
+  }
+
+  private learn(batch: Batch<P>, ms: number, cost: number): void {
     const prev = this.runMs.get(batch.key);
     this.runMs.set(batch.key, prev === undefined ? ms : prev + EWMA * (ms - prev));
-    const rate = batch.samples / Math.max(ms, 0.001);
-    this.samplesPerMs = this.samplesPerMs === 0 ? rate : this.samplesPerMs + EWMA * (rate - this.samplesPerMs);
+    // Several slots drain in parallel: the rate of one run times the slots is the model's rate.
+    const rate = (cost / Math.max(ms, 0.001)) * this.concurrency;
+    this.costPerMs = this.costPerMs === 0 ? rate : this.costPerMs + EWMA * (rate - this.costPerMs);
   }
 
   private succeed(job: Job<P, R>): void {
@@ -305,6 +360,7 @@ export class Batcher<P, R> {
       q.jobs.splice(i, 1);
       q.samples -= left;
       this.waiting -= left;
+      this.waitingCost -= left * q.unitCost;
       job.next = job.samples;
       if (q.jobs.length === 0) this.queues.delete(q.key);
       return;
@@ -312,7 +368,8 @@ export class Batcher<P, R> {
   }
 
   private checkIdle(): void {
-    if (this.waiting !== 0 || this.running !== 0) return;
+    // While a batch forms, a dropped request can leave nothing waiting before the batch runs.
+    if (this.forming || this.pumpScheduled || this.waiting !== 0 || this.running !== 0) return;
     const waiters = this.idleWaiters;
     this.idleWaiters = [];
     for (const w of waiters) w();

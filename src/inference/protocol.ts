@@ -10,8 +10,8 @@ export interface WorkerInit {
   modelBytes?: Uint8Array;
   providers: ExecutionProvider[];
   intraOpThreads: number;
-  warmupLatentSide?: number;
-  /** A GPU warms up a full batch too. */
+  warmupLatentSizes?: [number, number][];
+  /** A GPU warms up every batch size up to this. */
   maxBatchSize: number;
 }
 

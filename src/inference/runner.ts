@@ -1,5 +1,8 @@
 // The main thread's side of the inference worker: starts it, waits for the model to load and warm
-// up, and turns runs into promises. A worker that dies fails its pending runs and is restarted.
+// up, and turns runs into promises. A worker that dies fails the runs it had and is restarted with
+// backoff; runs asked for meanwhile wait for the new worker (their request's deadline still
+// applies, upstream). After `maxRestarts` failed restarts in a row the runner gives up and says so
+// through `onFatal`: a model that cannot run must not leave the pod Ready.
 import { Worker } from 'node:worker_threads';
 import type { ModelIo, OutputName, RunOutputs, WorkerInit, WorkerMessage } from './protocol.js';
 
@@ -15,6 +18,15 @@ export interface RunnerLogger {
   error(obj: object, msg: string): void;
 }
 
+export interface RunnerOptions {
+  /** Failed restarts in a row before giving up. */
+  maxRestarts?: number;
+  /** First restart delay; doubles with each failure. */
+  restartDelayMs?: number;
+  /** Called once when the runner gives up on its worker. */
+  onFatal?: (err: Error) => void;
+}
+
 // Under tsx (tests, `npm run dev`) the worker is the .ts source; built, it is the .js next to this.
 const FROM_SOURCE = import.meta.url.endsWith('.ts');
 const WORKER_URL = new URL(FROM_SOURCE ? './worker.ts' : './worker.js', import.meta.url);
@@ -27,21 +39,31 @@ function newWorker(workerData: WorkerInit): Worker {
   return new Worker(boot, { eval: true, workerData });
 }
 
+type Pending = { resolve: (r: RunResult) => void; reject: (e: Error) => void };
+
 export class InferenceRunner {
   private worker!: Worker;
   private nextId = 0;
-  private readonly pending = new Map<number, { resolve: (r: RunResult) => void; reject: (e: Error) => void }>();
+  private readonly pending = new Map<number, Pending>();
   private closing = false;
-  /** False while the worker (re)starts or after it failed to: runs are refused, not left hanging. */
+  /** False while the worker (re)starts or after it failed to. */
   private alive = false;
+  private fatal: Error | undefined;
+  /** Resolves when a restarting worker is ready (or the runner gave up or closed). */
+  private restarted: Promise<void> = Promise.resolve();
   io!: ModelIo;
 
-  private constructor(private readonly init: WorkerInit, private readonly log: RunnerLogger) {}
+  private constructor(private readonly init: WorkerInit, private readonly log: RunnerLogger, private readonly opts: RunnerOptions) {}
 
-  static async start(init: WorkerInit, log: RunnerLogger): Promise<InferenceRunner> {
-    const r = new InferenceRunner(init, log);
+  static async start(init: WorkerInit, log: RunnerLogger, opts: RunnerOptions = {}): Promise<InferenceRunner> {
+    const r = new InferenceRunner(init, log, opts);
     r.io = await r.spawn();
     return r;
+  }
+
+  /** Ready to run now: loaded, warmed up, not restarting, not given up. */
+  get healthy(): boolean {
+    return this.alive && !this.closing;
   }
 
   private spawn(): Promise<ModelIo> {
@@ -72,24 +94,41 @@ export class InferenceRunner {
         const err = new Error(`the inference worker exited (code ${code})`);
         for (const id of [...this.pending.keys()]) this.settle(id)?.reject(err);
         if (!ready) reject(err);
-        else if (!this.closing) {
-          this.log.warn({ code }, 'restarting the inference worker');
-          this.spawn().then((io) => { this.io = io; }, (e: unknown) => this.log.error({ err: e }, 'the inference worker did not restart'));
-        }
+        else if (!this.closing) this.restarted = this.restart();
       });
     });
   }
 
-  private settle(id: number): { resolve: (r: RunResult) => void; reject: (e: Error) => void } | undefined {
+  private async restart(): Promise<void> {
+    const max = this.opts.maxRestarts ?? 5;
+    let delay = this.opts.restartDelayMs ?? 100;
+    for (let attempt = 1; attempt <= max && !this.closing; attempt++) {
+      this.log.warn({ attempt, delayMs: delay }, 'restarting the inference worker');
+      await new Promise((r) => setTimeout(r, delay));
+      try {
+        this.io = await this.spawn();
+        return;
+      } catch (e) {
+        this.log.error({ err: e, attempt }, 'the inference worker did not restart');
+        delay *= 2;
+      }
+    }
+    if (this.closing) return;
+    this.fatal = new Error(`the inference worker did not restart after ${max} attempts`);
+    this.opts.onFatal?.(this.fatal);
+  }
+
+  private settle(id: number): Pending | undefined {
     const p = this.pending.get(id);
     this.pending.delete(id);
     return p;
   }
 
   /** Runs the model on float32 NCHW latents; `data`'s buffer is transferred (unusable after). */
-  run(data: Float32Array, dims: [number, number, number, number], fetch: OutputName[]): Promise<RunResult> {
-    if (this.closing) return Promise.reject(new Error('the inference worker is closed'));
-    if (!this.alive) return Promise.reject(new Error('the inference worker is restarting'));
+  async run(data: Float32Array, dims: [number, number, number, number], fetch: OutputName[]): Promise<RunResult> {
+    if (!this.alive && !this.closing && !this.fatal) await this.restarted;
+    if (this.closing) throw new Error('the inference worker is closed');
+    if (this.fatal) throw this.fatal;
     const id = this.nextId++;
     return new Promise((resolve, reject) => {
       this.pending.set(id, { resolve, reject });
@@ -99,8 +138,9 @@ export class InferenceRunner {
   }
 
   /**
-   * Lets the worker finish its run and exit. Worker.terminate() during a native ORT run aborts the
-   * whole process (seen: "terminate called after throwing an instance of 'Napi::Error'").
+   * Lets the worker finish the runs already posted and exit. Worker.terminate() during a native
+   * ORT run aborts the whole process (seen: "terminate called after throwing an instance of
+   * 'Napi::Error'").
    */
   async close(): Promise<void> {
     this.closing = true;

@@ -6,6 +6,7 @@ import * as ort from 'onnxruntime-node';
 import { halfBitsToFloat32, toFloat16Bits } from '../tensor/dtype.js';
 import { IMAGE_OUTPUT, withPostprocess } from '../onnx/postprocess.js';
 import type { MainMessage, ModelIo, RunOutputs, WorkerInit, WorkerMessage } from './protocol.js';
+import { warmupPlan } from './warmup.js';
 
 const init = workerData as WorkerInit;
 const port = parentPort!;
@@ -64,28 +65,28 @@ async function main(): Promise<void> {
     return session.run({ [io.input]: tensor }, fetch);
   };
 
-  // On a GPU, cuDNN picks its algorithms per input shape, batch size included: warm up the
-  // shapes a busy service runs (one sample and a full batch), or the first full batch stalls.
-  const side = init.warmupLatentSide ?? (provider === 'cpu' ? 8 : 64);
-  const batches = provider === 'cpu' ? [1] : [...new Set([1, init.maxBatchSize])];
+  const plan = warmupPlan(provider, init.warmupLatentSizes, init.maxBatchSize);
   const w0 = performance.now();
-  for (const n of batches) {
-    const dims = meta.shape.map((d, i) => (typeof d === 'number' ? d : i === 0 ? n : side));
+  for (const [n, h, w] of plan) {
+    const dims = meta.shape.map((d, i) => (typeof d === 'number' ? d : [n, channels, h, w][i]!));
     await run(new Float32Array(dims.reduce((a, b) => a * b, 1)), dims, [IMAGE_OUTPUT, io.output]);
   }
   const warmupMs = performance.now() - w0;
+  post({ type: 'log', level: 'info', msg: 'warm-up', data: { provider, shapes: plan.map((s) => s.join('x')), ms: Math.round(warmupMs) } });
 
   post({ type: 'ready', io: { inputName: io.input, inputType, inputShape: meta.shape, channels, outputName: io.output, provider, loadMs, warmupMs, metadata: io.metadata } });
 
+  // Runs started and not yet answered: close waits for them, since the native run begins in a
+  // setImmediate after `session.run` returns its promise, and releasing the session under it aborts.
+  const inflight = new Set<Promise<unknown>>();
   port.on('message', (req: MainMessage) => {
     if (req.type === 'close') {
-      // Messages wait for a synchronous run to return, so nothing is cut short here.
-      void session.release().finally(() => process.exit(0));
+      void Promise.allSettled([...inflight]).then(() => session.release()).finally(() => process.exit(0));
       return;
     }
     const t = performance.now();
     const fetch = req.fetch.map((f) => (f === 'image' ? IMAGE_OUTPUT : io.output));
-    run(new Float32Array(req.data), req.dims, fetch).then(
+    const done = run(new Float32Array(req.data), req.dims, fetch).then(
       (res) => {
         const outputs: RunOutputs = {};
         const transfer: ArrayBuffer[] = [];
@@ -95,6 +96,8 @@ async function main(): Promise<void> {
       },
       (e: unknown) => post({ type: 'error', id: req.id, message: (e as Error).message }),
     );
+    inflight.add(done);
+    void done.finally(() => inflight.delete(done));
   });
 }
 

@@ -25,6 +25,8 @@ export class ModelHost {
   /** /decode requests accepted and not yet answered. */
   inflight = 0;
   private readonly listeners: BatchListener[] = [];
+  /** Called once if a model's inference worker cannot be restarted (server.ts exits non-zero). */
+  onFatal: (err: Error) => void = () => {};
 
   constructor(private readonly cfg: Config, private readonly log: RunnerLogger) {}
 
@@ -33,14 +35,15 @@ export class ModelHost {
     this.listeners.push(fn);
   }
 
+  /** Loaded, warm, every worker running, not draining: what /readyz answers. */
   get ready(): boolean {
-    return this.registry !== undefined && !this.draining;
+    return this.registry !== undefined && !this.draining && this.registry.healthy;
   }
 
   async load(): Promise<ModelRegistry> {
     this.registry = await ModelRegistry.load(this.cfg, this.log, (model, info) => {
       for (const fn of this.listeners) fn(model, info);
-    });
+    }, { onFatal: (err) => this.onFatal(err) });
     return this.registry;
   }
 

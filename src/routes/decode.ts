@@ -81,7 +81,7 @@ export default async function decodeRoutes(app: FastifyInstance): Promise<void> 
           : [[n, height, width, 3], 'uint8', concat(decoded.images!)];
         reply.header('shape', JSON.stringify(shape)).header('dtype', dtype).type('application/octet-stream');
         timings.encode = performance.now() - t;
-        reply.header('server-timing', serverTiming(timings));
+        reply.header('server-timing', serverTiming(timings, reply));
         done('ok', 'tensor');
         return Buffer.from(data.buffer, data.byteOffset, data.byteLength);
       }
@@ -89,7 +89,7 @@ export default async function decodeRoutes(app: FastifyInstance): Promise<void> 
       const enc = { format, quality: opts.quality, pngCompressionLevel: cfg.pngCompressionLevel };
       const images = await Promise.all(decoded.images!.map((px) => encodeImage(px, decoded.width, decoded.height, enc)));
       timings.encode = performance.now() - t;
-      reply.header('server-timing', serverTiming(timings));
+      reply.header('server-timing', serverTiming(timings, reply));
       done('ok', format);
       if (images.length === 1) return reply.type(CONTENT_TYPES[format]).send(images[0]);
       return { images: images.map((b) => ({ contentType: CONTENT_TYPES[format], data: b.toString('base64') })) };
@@ -105,9 +105,14 @@ export default async function decodeRoutes(app: FastifyInstance): Promise<void> 
   });
 }
 
-/** The stages' times for clients and load generators: `parse;dur=0.12, queue;dur=3.40, ...` (ms). */
-function serverTiming(timings: StageTimings): string {
-  return Object.entries(timings).map(([k, v]) => `${k};dur=${(v as number).toFixed(2)}`).join(', ');
+/**
+ * The stages' times for clients and load generators: `parse;dur=0.12, queue;dur=3.40, ...,
+ * total;dur=…` (ms); total is Fastify's time since the request arrived, body reading included, so
+ * total − infer − encode is the service's own overhead.
+ */
+function serverTiming(timings: StageTimings, reply: FastifyReply): string {
+  const stages = Object.entries(timings).map(([k, v]) => `${k};dur=${(v as number).toFixed(2)}`);
+  return [...stages, `total;dur=${reply.elapsedTime.toFixed(2)}`].join(', ');
 }
 
 function concat(parts: Uint8Array[]): Uint8Array {

@@ -1,5 +1,6 @@
 // Liveness and readiness. /readyz is 200 only once every model has loaded and run its warm-up,
-// and 503 again while draining, so Kubernetes stops routing before the process goes away.
+// 503 while an inference worker restarts, and 503 again while draining, so Kubernetes stops
+// routing before the process goes away.
 import type { FastifyInstance } from 'fastify';
 import { ServiceError } from '../errors.js';
 import { healthzSchema, readyzSchema } from '../schemas.js';
@@ -11,6 +12,7 @@ export default async function healthRoutes(app: FastifyInstance): Promise<void> 
   app.get('/readyz', { schema: readyzSchema }, async () => {
     if (host.draining) throw new ServiceError('SHUTTING_DOWN', 'the service is draining');
     if (!host.registry) throw new ServiceError('NOT_READY', 'the models are loading and warming up');
+    if (!host.ready) throw new ServiceError('NOT_READY', 'an inference worker is restarting');
     return { status: 'ready', models: host.registry.names, defaultModel: host.registry.defaultName };
   });
 }

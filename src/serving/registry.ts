@@ -6,7 +6,7 @@ import { existsSync } from 'node:fs';
 import { readdir, readFile } from 'node:fs/promises';
 import path from 'node:path';
 import type { Config } from '../config.js';
-import type { RunnerLogger } from '../inference/runner.js';
+import type { RunnerLogger, RunnerOptions } from '../inference/runner.js';
 import { CONFIG_FILE, MODEL_FILE, type ModelConfigFile } from './model-config.js';
 import { buildPreviewDecoder, PREVIEW_MODEL_NAME, PREVIEW_SCALING_FACTOR } from '../onnx/preview.js';
 import { ServedModel, type BatchListener, type ModelSpec } from './served-model.js';
@@ -75,10 +75,10 @@ export class ModelRegistry {
     }
   }
 
-  static async load(cfg: Config, log: RunnerLogger, onBatch?: BatchListener): Promise<ModelRegistry> {
+  static async load(cfg: Config, log: RunnerLogger, onBatch?: BatchListener, runnerOpts: RunnerOptions = {}): Promise<ModelRegistry> {
     const specs = await discoverModels(cfg);
     const reg = new ModelRegistry(specs, cfg);
-    const loaded = await Promise.allSettled(specs.map((s) => ServedModel.start(s, cfg, log, onBatch)));
+    const loaded = await Promise.allSettled(specs.map((s) => ServedModel.start(s, cfg, log, onBatch, runnerOpts)));
     const failed = loaded.flatMap((r, i) => (r.status === 'rejected' ? [`${specs[i]!.name}: ${(r.reason as Error).message}`] : []));
     for (const r of loaded) if (r.status === 'fulfilled') reg.models.set(r.value.name, r.value);
     if (failed.length > 0) {
@@ -90,6 +90,11 @@ export class ModelRegistry {
 
   get(name: string | undefined): ServedModel | undefined {
     return this.models.get(name ?? this.defaultName);
+  }
+
+  /** Every model's every instance is running (none restarting or given up). */
+  get healthy(): boolean {
+    return [...this.models.values()].every((m) => m.healthy);
   }
 
   get names(): string[] {

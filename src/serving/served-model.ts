@@ -1,10 +1,11 @@
-// One served model: its inference worker, its batcher, and the settings requests are checked
-// against. Glues the pure batcher to the runner: concatenates the slices of a batch into one
-// input tensor and hands each request views of its rows of the output.
+// One served model: its inference workers (MODEL_INSTANCES sessions), its batcher, and the settings
+// requests are checked against. Glues the pure batcher to the runners: the batcher keeps one batch
+// in flight per instance and says which slot runs it; this concatenates the slices of a batch into
+// one input tensor and hands each request views of its rows of the output.
 import type { Config } from '../config.js';
 import { Batcher, type Batch, type BatchInfo } from '../batching/batcher.js';
 import { ServiceError } from '../errors.js';
-import { InferenceRunner, type RunnerLogger, type RunResult } from '../inference/runner.js';
+import { InferenceRunner, type RunnerLogger, type RunnerOptions, type RunResult } from '../inference/runner.js';
 import type { ModelIo, OutputName } from '../inference/protocol.js';
 import type { LatentTensor, ModelLimits } from '../latents/parse.js';
 import { defaultFactors, type ModelConfigFile } from './model-config.js';
@@ -47,8 +48,8 @@ export class ServedModel implements ModelLimits {
   readonly maxLatentSide: number;
   readonly factorsGuessed: boolean;
   private readonly fixedSide: [number | string, number | string];
-  private constructor(readonly spec: ModelSpec, readonly runner: InferenceRunner, cfg: Config, onBatch?: BatchListener) {
-    const io = runner.io;
+  private constructor(readonly spec: ModelSpec, readonly runners: InferenceRunner[], cfg: Config, onBatch?: BatchListener) {
+    const io = runners[0]!.io;
     const meta = io.metadata;
     const defaults = defaultFactors(io.channels);
     const metaNum = (k: string): number | undefined => (meta[k] !== undefined && Number.isFinite(Number(meta[k])) ? Number(meta[k]) : undefined);
@@ -61,18 +62,27 @@ export class ServedModel implements ModelLimits {
     const fixedBatch = typeof io.inputShape[0] === 'number' ? io.inputShape[0] : Infinity;
     this.batcher = new Batcher<Payload, BatchResult>((b) => this.runBatch(b), {
       maxBatchSize: Math.min(cfg.maxBatchSize, fixedBatch),
+      maxBatchCost: cfg.maxBatchLatentPixels,
       maxQueueDelayMs: cfg.maxQueueDelayMs,
       maxQueueSize: cfg.maxQueueSize,
+      concurrency: runners.length,
       onBatch: onBatch && ((info) => onBatch(spec.name, info)),
     });
   }
 
-  static async start(spec: ModelSpec, cfg: Config, log: RunnerLogger, onBatch?: BatchListener): Promise<ServedModel> {
-    const runner = await InferenceRunner.start({
+  static async start(spec: ModelSpec, cfg: Config, log: RunnerLogger, onBatch?: BatchListener, runnerOpts: RunnerOptions = {}): Promise<ServedModel> {
+    const init = {
       modelPath: spec.modelPath, modelBytes: spec.modelBytes, providers: cfg.executionProviders,
-      intraOpThreads: cfg.intraOpThreads, warmupLatentSide: cfg.warmupLatentSide, maxBatchSize: cfg.maxBatchSize,
-    }, log);
-    const m = new ServedModel(spec, runner, cfg, onBatch);
+      intraOpThreads: cfg.intraOpThreads, warmupLatentSizes: cfg.warmupLatentSizes, maxBatchSize: cfg.maxBatchSize,
+    };
+    const started = await Promise.allSettled(Array.from({ length: cfg.modelInstances }, () => InferenceRunner.start(init, log, runnerOpts)));
+    const runners = started.flatMap((r) => (r.status === 'fulfilled' ? [r.value] : []));
+    const failed = started.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+    if (failed) {
+      await Promise.all(runners.map((r) => r.close()));
+      throw failed.reason;
+    }
+    const m = new ServedModel(spec, runners, cfg, onBatch);
     if (m.factorsGuessed) {
       log.warn({ model: m.name, channels: m.channels, scalingFactor: m.scalingFactor, shiftFactor: m.shiftFactor },
         `model ${m.name} does not say its scaling factor; guessing from its ${m.channels} channels (set scalingFactor and shiftFactor in its config.json)`);
@@ -84,7 +94,9 @@ export class ServedModel implements ModelLimits {
   }
 
   get name(): string { return this.spec.name; }
-  get io(): ModelIo { return this.runner.io; }
+  get io(): ModelIo { return this.runners[0]!.io; }
+  /** Every instance loaded and running (none restarting). */
+  get healthy(): boolean { return this.runners.every((r) => r.healthy); }
   get channels(): number { return this.io.channels; }
   get precision(): string { return this.spec.file.precision ?? (this.io.inputType === 'float16' ? 'fp16' : 'fp32'); }
 
@@ -95,7 +107,7 @@ export class ServedModel implements ModelLimits {
     if ((typeof fh === 'number' && fh !== h) || (typeof fw === 'number' && fw !== w)) {
       throw new ServiceError('BAD_SHAPE', `model ${this.name} takes ${fh}x${fw} latents only, got ${h}x${w}`);
     }
-    const res = await this.batcher.submit(`${h}x${w}`, { tensor, fetch }, n, opts);
+    const res = await this.batcher.submit(`${h}x${w}`, { tensor, fetch }, n, { ...opts, cost: h * w });
     const first = res.parts[0]!.result;
     const pixels = first.outputs.image ? first.outputs.image.byteLength / (first.samples * 3) : (first.outputs.sample!.byteLength / 4) / (first.samples * 3);
     const up = Math.round(Math.sqrt(pixels / (h * w)));
@@ -129,7 +141,7 @@ export class ServedModel implements ModelLimits {
       for (const f of s.payload.fetch) fetch.add(f);
     }
     try {
-      const r = await this.runner.run(data, [batch.samples, c, h, w], [...fetch]);
+      const r = await this.runners[batch.slot]!.run(data, [batch.samples, c, h, w], [...fetch]);
       return { ...r, samples: batch.samples };
     } catch (e) {
       throw new ServiceError('INFERENCE_FAILED', `model ${this.name} failed on a batch of ${batch.samples}x${c}x${h}x${w}: ${(e as Error).message}`, { cause: e });
@@ -137,6 +149,6 @@ export class ServedModel implements ModelLimits {
   }
 
   async close(): Promise<void> {
-    await this.runner.close();
+    await Promise.all(this.runners.map((r) => r.close()));
   }
 }

@@ -1,0 +1,38 @@
+// Scale-up within one process: several sessions per model (MODEL_INSTANCES) sharing one batcher,
+// and the warm-up plan that keeps cuDNN's per-shape tuning off the request path on a GPU.
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { loadConfig } from '../src/config.js';
+import { warmupPlan } from '../src/inference/warmup.js';
+import { bytesOf, startService } from './helpers/service.js';
+
+const latent = (k: number): Buffer => bytesOf(new Float32Array(4 * 32 * 32).map((_, i) => Math.sin(i / (17 + k))));
+
+test('instances: two model instances run two batches at once, one on each session', async (t) => {
+  const s = await startService(t, { MODEL_INSTANCES: '2', MAX_BATCH_SIZE: '1', ORT_INTRA_OP_THREADS: '1' });
+  assert.equal(s.registry.get(undefined)!.runners.length, 2);
+  const ends: { slot: number; start: number; end: number }[] = [];
+  s.host.onBatch((_model, b) => ends.push({ slot: b.slot, start: performance.now() - b.runMs, end: performance.now() }));
+  const res = await Promise.all([0, 1].map((k) => s.app.inject({ method: 'POST', url: '/decode?shape=1,4,32,32&format=jpeg', payload: latent(k) })));
+  assert.deepEqual(res.map((r) => r.statusCode), [200, 200]);
+  assert.deepEqual(ends.map((e) => e.slot).sort(), [0, 1], 'each instance ran one batch');
+  const [a, b] = ends as [typeof ends[0], typeof ends[0]];
+  assert.ok(a.start < b.end && b.start < a.end, `the runs overlapped: ${JSON.stringify(ends)}`);
+});
+
+test('instances: the defaults dispatch at once (no queue delay) and cap a batch at MAX_BATCH_SIZE 64×64 latents', () => {
+  const cfg = loadConfig({});
+  assert.equal(cfg.maxQueueDelayMs, 0);
+  assert.equal(cfg.modelInstances, 1);
+  assert.equal(cfg.maxBatchLatentPixels, 8 * 64 * 64);
+  assert.equal(loadConfig({ MAX_BATCH_SIZE: '4' }).maxBatchLatentPixels, 4 * 64 * 64);
+  assert.deepEqual(loadConfig({ WARMUP_LATENT_SIZES: '64x64, 128x96' }).warmupLatentSizes, [[64, 64], [128, 96]]);
+  assert.throws(() => loadConfig({ WARMUP_LATENT_SIZES: '64' }), /WARMUP_LATENT_SIZES="64" is not valid/);
+});
+
+test('instances: on a GPU every batch size up to MAX_BATCH_SIZE is warmed at every latent size; a CPU runs one small check', () => {
+  assert.deepEqual(warmupPlan('cuda', undefined, 3), [[1, 64, 64], [2, 64, 64], [3, 64, 64]]);
+  assert.deepEqual(warmupPlan('tensorrt', [[64, 64], [128, 128]], 2), [[1, 64, 64], [2, 64, 64], [1, 128, 128], [2, 128, 128]]);
+  assert.deepEqual(warmupPlan('cpu', undefined, 8), [[1, 8, 8]]);
+  assert.deepEqual(warmupPlan('cpu', [[16, 16]], 8), [[1, 16, 16]]);
+});
