@@ -87,6 +87,8 @@ export class ServedModel implements ModelLimits {
   get io(): ModelIo { return this.runner.io; }
   get channels(): number { return this.io.channels; }
   get precision(): string { return this.spec.file.precision ?? (this.io.inputType === 'float16' ? 'fp16' : 'fp32'); }
+  /** The model family (sd1, sdxl, taesd, ...) when config.json or the ONNX metadata names one. */
+  get family(): string | undefined { return this.spec.file.family ?? (this.io.metadata.family || undefined); }
 
   /** Queues the latents; resolves with this request's rows of the batch output(s). */
   async decode(tensor: LatentTensor, fetch: OutputName[], opts: { deadline?: number; signal?: AbortSignal }): Promise<Decoded> {
