@@ -62,18 +62,21 @@ export async function checkFp16(input: Fp16GuardInput): Promise<Fp16Report> {
   let reference: Float32Array;
   let maxActivation = 0;
   let at = '';
+  let first: { value: number; where: string } | undefined; // the first tensor over the limit points at the cause
   try {
     await writeModelFile(input.probePath, model, lazy);
     const session = await ort.InferenceSession.create(input.probePath, { graphOptimizationLevel: 'basic' });
     try {
       const out = await session.run(feeds);
       reference = out[OUTPUT_NAME]!.data as Float32Array;
-      for (const p of probes) {
-        const v = (out[p.output]!.data as Float32Array)[0]!;
-        if (!(v <= maxActivation)) { // NaN counts as the largest
-          maxActivation = Number.isNaN(v) ? Infinity : v;
+      for (const p of probes) { // in node order
+        const raw = (out[p.output]!.data as Float32Array)[0]!;
+        const v = Number.isNaN(raw) ? Infinity : raw; // NaN counts as the largest
+        if (v > maxActivation) {
+          maxActivation = v;
           at = p.where;
         }
+        if (v > FP16_ACTIVATION_LIMIT) first ??= { value: v, where: p.where };
       }
     } finally {
       await session.release();
@@ -81,11 +84,11 @@ export async function checkFp16(input: Fp16GuardInput): Promise<Fp16Report> {
   } finally {
     await rm(input.probePath, { force: true });
   }
-  if (maxActivation > FP16_ACTIVATION_LIMIT) {
+  if (first) {
     throw new Fp16RefusedError(
-      `--fp16 refused: on seeded latents the decoder's activations reach ${maxActivation.toExponential(3)} at ${at}, ` +
-      `beyond what float16 holds safely (max ${FLOAT16_MAX}; the guard allows ${FP16_ACTIVATION_LIMIT}): a float16 model ` +
-      `would overflow to Inf/NaN on a GPU. ${ADVICE}`,
+      `--fp16 refused: on seeded latents the decoder's activations reach ${first.value.toExponential(3)} at ${first.where} ` +
+      `(and up to ${maxActivation.toExponential(3)} further on), beyond what float16 holds safely (max ${FLOAT16_MAX}; ` +
+      `the guard allows ${FP16_ACTIVATION_LIMIT}): a float16 model would overflow to Inf/NaN on a GPU. ${ADVICE}`,
     );
   }
   const session = await ort.InferenceSession.create(input.fp16Model);
@@ -133,7 +136,7 @@ function probeModel(input: Fp16GuardInput) {
   const weightNames = new Set(input.weights.map((w) => w.name));
   for (const w of weightNames) types.set(w, DataType.FLOAT16);
   const probes: Probe[] = [];
-  let lastWeight = '(none)';
+  let lastWeight: string | undefined;
   for (const node of src.nodes) {
     const op = node.opType!;
     const to = node.attribute?.find((a) => a.name === 'to');
@@ -145,7 +148,7 @@ function probeModel(input: Fp16GuardInput) {
     if (type !== DataType.FLOAT16) continue;
     const probe = g.node('ReduceMax', [g.node('Abs', [out])], { keepdims: attr.i(0) }, `absmax:${out}`);
     g.output(probe, 'float32', []);
-    probes.push({ output: probe, where: `${op} output ${out} (after weight ${lastWeight})` });
+    probes.push({ output: probe, where: `${op} output ${out} (${lastWeight ? `after weight ${lastWeight}` : 'before any weight'})` });
   }
   for (const t of src.initializers) {
     g.initializers.push(t.dataType === DataType.FLOAT16
