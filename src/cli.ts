@@ -10,7 +10,20 @@ import { pull } from './convert/hub.js';
 import { FP16_ACTIVATION_LIMIT } from './convert/fp16-guard.js';
 
 const DEFAULT_MODELS_DIR = 'models';
-const FAMILY_HELP = FAMILY_NAMES.map((f) => `${f} ${FAMILIES[f].scalingFactor}/${FAMILIES[f].shiftFactor}`).join(', ');
+// "sd1, sd2 0.18215/0; sdxl 0.13025/0; ...": families grouped by their factors, wrapped under the option
+const FAMILY_HELP = (() => {
+  const groups = new Map<string, string[]>();
+  for (const f of FAMILY_NAMES) {
+    const key = `${FAMILIES[f].scalingFactor}/${FAMILIES[f].shiftFactor}`;
+    groups.set(key, [...(groups.get(key) ?? []), f]);
+  }
+  const lines = [''];
+  for (const item of [...groups].map(([factors, names]) => `${names.join(', ')} ${factors}`)) {
+    if (lines.at(-1)!.length + item.length > 68) lines.push('');
+    lines[lines.length - 1] += lines.at(-1) ? `; ${item}` : item;
+  }
+  return lines.map((l) => `${' '.repeat(25)}${l}`).join('\n');
+})();
 
 const HELP: Record<string, string> = {
   main: `Usage: latent-decoder <command> [options]
@@ -29,9 +42,9 @@ is told from the keys. When <out.onnx> is <dir>/model.onnx, config.json is writt
 (a model repository folder).
 
 Options:
-  --family NAME          ${FAMILY_NAMES.join('|')}: sets the
-                         factors (scaling/shift: ${FAMILY_HELP})
-                         and is recorded in the model
+  --family NAME          the model family: sets the latent factors (scaling/shift) and is
+                         recorded in the model; TAESD decoders take unscaled latents:
+${FAMILY_HELP}
   --fp16                 float16 weights and compute (float32 input and output); refused when
                          float16 cannot hold the decoder's activations or loses accuracy
   --name NAME            model name (default: the folder or file name)

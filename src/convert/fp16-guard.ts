@@ -86,8 +86,8 @@ export async function checkFp16(input: Fp16GuardInput): Promise<Fp16Report> {
   }
   if (first) {
     throw new Fp16RefusedError(
-      `--fp16 refused: on seeded latents the decoder's activations reach ${first.value.toExponential(3)} at ${first.where} ` +
-      `(and up to ${maxActivation.toExponential(3)} further on), beyond what float16 holds safely (max ${FLOAT16_MAX}; ` +
+      `--fp16 refused: on seeded latents the decoder's activations reach ${first.value.toExponential(3)} at ${first.where}` +
+      `${maxActivation > first.value ? ` (and up to ${maxActivation.toExponential(3)} further on)` : ''}, beyond what float16 holds safely (max ${FLOAT16_MAX}; ` +
       `the guard allows ${FP16_ACTIVATION_LIMIT}): a float16 model would overflow to Inf/NaN on a GPU. ${ADVICE}`,
     );
   }
