@@ -4,7 +4,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { mkdirSync, writeFileSync } from 'node:fs';
-import { readdir, readFile } from 'node:fs/promises';
+import { readdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { convertCheckpoint } from '../src/convert/convert.js';
 import { writeSafetensors } from '../src/convert/safetensors.js';
@@ -12,6 +12,8 @@ import type { VaeConfig } from '../src/convert/vae-weights.js';
 import { loadConfig } from '../src/config.js';
 import { discoverModels } from '../src/serving/registry.js';
 import { FAMILIES } from '../src/serving/model-config.js';
+import { decodeModel, encodeModel } from '../src/onnx/graph.js';
+import { startService } from './helpers/service.js';
 import { seededVae } from '../scripts/make-seeded-vae.js';
 import { REPO_ROOT, compareWithReference, fixture, modelMetadata, rewriteCheckpoint, tempDir } from './helpers/convert-fixtures.js';
 
@@ -102,4 +104,17 @@ test('CLI: convert --family taesd records it; an unknown --family is a usage err
   assert.match(run.stdout, /taesd, 4 latent channels, TAESD \(diffusers layout\), 64 ch, fp16, scaling 1 shift 0, family taesd/);
   assert.match(run.stdout, /float16 check: max activation \S+ \(limit 32752\), PSNR \S+ dB against float32/);
   assert.equal(JSON.parse(await readFile(join(dir, 'models', 'taesd', 'config.json'), 'utf8')).family, 'taesd');
+});
+
+test('a served model that names its family but not its factors gets the family\'s factors', async (t) => {
+  const dir = tempDir(t);
+  const out = join(dir, 'tiny.onnx');
+  await convertCheckpoint({ weights: taesd('taesd4-original.safetensors'), out, family: 'taesdxl' });
+  const model = decodeModel(await readFile(out));
+  model.metadataProps = model.metadataProps.filter((p) => p.key !== 'scaling_factor' && p.key !== 'shift_factor');
+  await writeFile(out, encodeModel(model));
+  const { registry } = await startService(t, { MODEL_PATH: out });
+  const m = registry.get('tiny')!;
+  // without the family a 4-channel model would be guessed as SD 1.x (0.18215)
+  assert.deepEqual([m.family, m.scalingFactor, m.shiftFactor, m.factorsGuessed], ['taesdxl', 1, 0, false]);
 });
