@@ -184,10 +184,10 @@ async function modelsCommand(args: string[]): Promise<void> {
     const config = await readFile(join(dir, e.name, CONFIG_FILE), 'utf8').then((t) => JSON.parse(t) as ModelConfig, () => undefined);
     if (!config) continue;
     const size = await stat(join(dir, e.name, MODEL_FILE)).then((s) => `${(s.size / 2 ** 20).toFixed(1)} MiB`, () => 'missing');
-    rows.push([config.name ?? e.name, String(config.latentChannels), config.precision, String(config.scalingFactor), String(config.shiftFactor ?? 0), size]);
+    rows.push([config.name ?? e.name, String(config.latentChannels), config.precision, String(config.scalingFactor), String(config.shiftFactor ?? 0), size, config.family ?? '']);
   }
   if (rows.length === 0) return void console.log(`no models in ${dir}`);
-  const table = [['NAME', 'CHANNELS', 'PRECISION', 'SCALING', 'SHIFT', 'SIZE'], ...rows];
+  const table = [['NAME', 'CHANNELS', 'PRECISION', 'SCALING', 'SHIFT', 'SIZE', 'FAMILY'], ...rows];
   const widths = table[0]!.map((_, i) => Math.max(...table.map((r) => r[i]!.length)));
   for (const r of table) console.log(r.map((cell, i) => cell.padEnd(widths[i]!)).join('  ').trimEnd());
 }
