@@ -5,10 +5,25 @@ import { join, resolve } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { convertCheckpoint, type ConvertResult } from './convert/convert.js';
-import { CONFIG_FILE, MODEL_FILE, type ModelConfig } from './serving/model-config.js';
+import { CONFIG_FILE, FAMILIES, FAMILY_NAMES, MODEL_FILE, isFamily, type Family, type ModelConfig } from './serving/model-config.js';
 import { pull } from './convert/hub.js';
+import { FP16_ACTIVATION_LIMIT } from './convert/fp16-guard.js';
 
 const DEFAULT_MODELS_DIR = 'models';
+// "sd1, sd2 0.18215/0; sdxl 0.13025/0; ...": families grouped by their factors, wrapped under the option
+const FAMILY_HELP = (() => {
+  const groups = new Map<string, string[]>();
+  for (const f of FAMILY_NAMES) {
+    const key = `${FAMILIES[f].scalingFactor}/${FAMILIES[f].shiftFactor}`;
+    groups.set(key, [...(groups.get(key) ?? []), f]);
+  }
+  const lines = [''];
+  for (const item of [...groups].map(([factors, names]) => `${names.join(', ')} ${factors}`)) {
+    if (lines.at(-1)!.length + item.length > 68) lines.push('');
+    lines[lines.length - 1] += lines.at(-1) ? `; ${item}` : item;
+  }
+  return lines.map((l) => `${' '.repeat(25)}${l}`).join('\n');
+})();
 
 const HELP: Record<string, string> = {
   main: `Usage: latent-decoder <command> [options]
@@ -21,14 +36,21 @@ Commands:
 Run 'latent-decoder <command> --help' for a command's options.`,
   convert: `Usage: latent-decoder convert <weights.safetensors> <out.onnx> [options]
 
-Reads LDM (first_stage_model./vae./bare) or diffusers AutoencoderKL safetensors, F32/F16/BF16.
-When <out.onnx> is <dir>/model.onnx, config.json is written beside it (a model repository folder).
+Reads LDM (first_stage_model./vae./bare) or diffusers AutoencoderKL safetensors, and TAESD
+decoders (taesd_decoder.safetensors or diffusers AutoencoderTiny), F32/F16/BF16; the architecture
+is told from the keys. When <out.onnx> is <dir>/model.onnx, config.json is written beside it
+(a model repository folder).
 
 Options:
-  --fp16                 float16 weights and compute (float32 input and output)
+  --family NAME          the model family: sets the latent factors (scaling/shift) and is
+                         recorded in the model; TAESD decoders take unscaled latents:
+${FAMILY_HELP}
+  --fp16                 float16 weights and compute (float32 input and output); refused when
+                         float16 cannot hold the decoder's activations or loses accuracy
   --name NAME            model name (default: the folder or file name)
-  --scaling-factor F     latent scaling factor (default 0.18215; required for non-4-channel VAEs)
-  --shift-factor S       latent shift factor (default 0)
+  --scaling-factor F     latent scaling factor (default: the family's; 0.18215 for 4-channel
+                         KL VAEs, 1 for TAESD; required for 16-channel KL VAEs without --family)
+  --shift-factor S       latent shift factor (default: the family's, else 0)
   -h, --help             show this help`,
   pull: `Usage: latent-decoder pull <hf-repo-id> [options]
 
@@ -39,7 +61,8 @@ Options:
   --revision REV         branch, tag or commit (default main)
   --subfolder DIR        folder holding the VAE (default vae; '' for a VAE-only repository)
   --name NAME            model name (default: the repository name)
-  --fp16                 float16 weights and compute
+  --family NAME          ${FAMILY_NAMES.join('|')} (see convert --help)
+  --fp16                 float16 weights and compute (checked as in convert)
   --models-dir DIR       model repository folder (default ${DEFAULT_MODELS_DIR})
   -h, --help             show this help`,
   models: `Usage: latent-decoder models [--models-dir DIR]
@@ -66,6 +89,13 @@ function parse(command: string, args: string[], options: Options, positionals: n
   return { values: parsed.values as Record<string, string | boolean | undefined>, positionals: parsed.positionals };
 }
 
+function familyOption(values: Record<string, unknown>): Family | undefined {
+  const v = values.family;
+  if (v === undefined) return undefined;
+  if (!isFamily(v)) throw new UsageError(`--family must be one of ${FAMILY_NAMES.join(', ')}, got ${JSON.stringify(v)}`);
+  return v;
+}
+
 function numberOption(values: Record<string, unknown>, key: string): number | undefined {
   const v = values[key];
   if (v === undefined) return undefined;
@@ -85,15 +115,21 @@ function progress(label: string): ((done: number, total: number) => void) | unde
 
 function report(r: ConvertResult, out: string): void {
   const c = r.config;
-  console.log(`${out}: ${c.name}, ${c.latentChannels} latent channels, ch ${c.ch} × [${c.chMult.join(', ')}], ` +
-    `${c.numResBlocks} res blocks, ${c.precision}, scaling ${c.scalingFactor} shift ${c.shiftFactor}, ` +
+  console.log(`${out}: ${c.name}, ${c.latentChannels} latent channels, ${r.architecture}, ` +
+    `${c.precision}, scaling ${c.scalingFactor} shift ${c.shiftFactor}${c.family ? `, family ${c.family}` : ''}, ` +
     `${(r.bytes / 2 ** 20).toFixed(1)} MiB in ${r.seconds.toFixed(1)} s`);
+  const g = r.fp16Check;
+  if (g) {
+    console.log(`float16 check: max activation ${g.maxActivation.toExponential(2)} (limit ${FP16_ACTIVATION_LIMIT}), ` +
+      `PSNR ${g.psnr.toFixed(1)} dB against float32, ${g.seconds.toFixed(1)} s`);
+  }
 }
 
 async function convertCommand(args: string[]): Promise<void> {
   const p = parse('convert', args, {
     fp16: { type: 'boolean' },
     name: { type: 'string' },
+    family: { type: 'string' },
     'scaling-factor': { type: 'string' },
     'shift-factor': { type: 'string' },
   }, 2);
@@ -104,6 +140,7 @@ async function convertCommand(args: string[]): Promise<void> {
     out,
     fp16: p.values.fp16 === true,
     name: p.values.name as string | undefined,
+    family: familyOption(p.values),
     scalingFactor: numberOption(p.values, 'scaling-factor'),
     shiftFactor: numberOption(p.values, 'shift-factor'),
     onProgress: progress('converting'),
@@ -116,6 +153,7 @@ async function pullCommand(args: string[]): Promise<void> {
     revision: { type: 'string' },
     subfolder: { type: 'string' },
     name: { type: 'string' },
+    family: { type: 'string' },
     fp16: { type: 'boolean' },
     'models-dir': { type: 'string' },
   }, 1);
@@ -125,6 +163,7 @@ async function pullCommand(args: string[]): Promise<void> {
     revision: p.values.revision as string | undefined,
     subfolder: p.values.subfolder as string | undefined,
     name: p.values.name as string | undefined,
+    family: familyOption(p.values),
     fp16: p.values.fp16 === true,
     modelsDir: (p.values['models-dir'] as string | undefined) ?? DEFAULT_MODELS_DIR,
     onProgress: (phase, done, total) => show[phase]?.(done, total),
@@ -145,10 +184,10 @@ async function modelsCommand(args: string[]): Promise<void> {
     const config = await readFile(join(dir, e.name, CONFIG_FILE), 'utf8').then((t) => JSON.parse(t) as ModelConfig, () => undefined);
     if (!config) continue;
     const size = await stat(join(dir, e.name, MODEL_FILE)).then((s) => `${(s.size / 2 ** 20).toFixed(1)} MiB`, () => 'missing');
-    rows.push([config.name ?? e.name, String(config.latentChannels), config.precision, String(config.scalingFactor), String(config.shiftFactor ?? 0), size]);
+    rows.push([config.name ?? e.name, String(config.latentChannels), config.precision, String(config.scalingFactor), String(config.shiftFactor ?? 0), size, config.family ?? '']);
   }
   if (rows.length === 0) return void console.log(`no models in ${dir}`);
-  const table = [['NAME', 'CHANNELS', 'PRECISION', 'SCALING', 'SHIFT', 'SIZE'], ...rows];
+  const table = [['NAME', 'CHANNELS', 'PRECISION', 'SCALING', 'SHIFT', 'SIZE', 'FAMILY'], ...rows];
   const widths = table[0]!.map((_, i) => Math.max(...table.map((r) => r[i]!.length)));
   for (const r of table) console.log(r.map((cell, i) => cell.padEnd(widths[i]!)).join('  ').trimEnd());
 }

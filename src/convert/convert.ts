@@ -1,12 +1,20 @@
-// Checkpoint (.safetensors, any supported key layout) → ONNX VAE decoder. Weights stream from
-// the checkpoint into the output file one tensor at a time, so peak memory stays near the size
-// of the largest tensor rather than the model or the checkpoint.
+// Checkpoint (.safetensors, any supported key layout) → ONNX VAE decoder. The architecture (KL
+// VAE or TAESD) is told from the keys. Weights stream from the checkpoint into the output file
+// one tensor at a time, so peak memory stays near the size of the largest tensor rather than the
+// model or the checkpoint.
 import { mkdir, rename, rm, writeFile } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
-import { writeModelFile } from '../onnx/graph.js';
-import { buildDecoderGraph } from './vae-graph.js';
+import { writeModelFile, type ElemType } from '../onnx/graph.js';
+import { checkFp16, type Fp16Report } from './fp16-guard.js';
+import { SafetensorsFile } from './safetensors.js';
+import { buildTaesdGraph } from './taesd-graph.js';
+import { TaesdWeights, detectTaesd } from './taesd-weights.js';
+import { buildDecoderGraph, type DecoderGraph } from './vae-graph.js';
 import { VaeWeights } from './vae-weights.js';
-import { CONFIG_FILE, MODEL_FILE, SD_SCALING_FACTOR, type ModelConfig, type Precision } from '../serving/model-config.js';
+import {
+  CONFIG_FILE, FAMILIES, FAMILY_NAMES, MODEL_FILE, SD_SCALING_FACTOR, familiesFor, isFamily,
+  type Family, type FamilyKind, type ModelConfig, type Precision,
+} from '../serving/model-config.js';
 
 const SD_LATENT_CHANNELS = 4;
 
@@ -16,7 +24,12 @@ export interface ConvertOptions {
   fp16?: boolean;
   /** Defaults to the folder name when `out` is `<dir>/model.onnx`, else the file name. */
   name?: string;
-  /** Required for latents other than 4 channels: SD3 (1.5305) and FLUX (0.3611) share shapes. */
+  /**
+   * Sets the factors (unless given below) and is recorded in config.json and the metadata; it
+   * must agree with the weights' architecture and latent channels.
+   */
+  family?: Family;
+  /** Required for 16 latent channels without `family`: SD3 (1.5305) and FLUX (0.3611) share shapes. */
   scalingFactor?: number;
   shiftFactor?: number;
   /** Recorded in the metadata; defaults to the checkpoint's file name. */
@@ -27,32 +40,72 @@ export interface ConvertOptions {
 }
 
 export interface ConvertResult {
-  config: ModelConfig & { ch: number; chMult: number[]; numResBlocks: number };
+  /** The KL VAE's shape (ch, chMult, numResBlocks) is added for KL decoders only. */
+  config: ModelConfig & { ch?: number; chMult?: number[]; numResBlocks?: number };
+  /** The architecture found in the weights, in words. */
+  architecture: string;
+  /** What the --fp16 guard measured (only with fp16). */
+  fp16Check?: Fp16Report;
   seconds: number;
   bytes: number;
+}
+
+/** The decoder found in a checkpoint, either architecture, behind one interface. */
+interface DecoderSource {
+  kind: FamilyKind;
+  latentChannels: number;
+  architecture: string;
+  shape: Pick<ConvertResult['config'], 'ch' | 'chMult' | 'numResBlocks'>;
+  weights: Pick<VaeWeights, 'check' | 'read' | 'close'>;
+  build(type: ElemType): DecoderGraph;
+}
+
+async function openDecoder(path: string): Promise<DecoderSource> {
+  const file = await SafetensorsFile.open(path);
+  if (detectTaesd(new Set(file.keys()))) {
+    const w = await TaesdWeights.fromFile(file);
+    return {
+      kind: 'taesd',
+      latentChannels: w.config.latentChannels,
+      architecture: `TAESD (${w.layout} layout), ${w.config.ch} ch`,
+      shape: {},
+      weights: w,
+      build: (type) => buildTaesdGraph(w.config, type),
+    };
+  }
+  const w = await VaeWeights.fromFile(file);
+  const cfg = w.config;
+  return {
+    kind: 'kl',
+    latentChannels: cfg.latentChannels,
+    architecture: `ch ${cfg.ch} × [${cfg.chMult.join(', ')}], ${cfg.numResBlocks} res blocks`,
+    shape: { ch: cfg.ch, chMult: cfg.chMult, numResBlocks: cfg.numResBlocks },
+    weights: w,
+    build: (type) => buildDecoderGraph(cfg, type),
+  };
 }
 
 export async function convertCheckpoint(opts: ConvertOptions): Promise<ConvertResult> {
   const started = performance.now();
   const inRepoFolder = basename(opts.out) === MODEL_FILE;
-  const weights = await VaeWeights.open(opts.weights);
+  const src = await openDecoder(opts.weights);
   try {
-    const cfg = weights.config;
-    const scalingFactor = opts.scalingFactor ?? defaultScalingFactor(cfg.latentChannels, opts.weights);
+    const factors = resolveFactors(src, opts);
     const precision: Precision = opts.fp16 ? 'fp16' : 'fp32';
     const config: ModelConfig = {
       name: opts.name ?? (inRepoFolder ? basename(dirname(opts.out)) : basename(opts.out).replace(/\.onnx$/i, '')),
-      latentChannels: cfg.latentChannels,
-      scalingFactor,
-      shiftFactor: opts.shiftFactor ?? 0,
+      latentChannels: src.latentChannels,
+      scalingFactor: factors.scalingFactor,
+      shiftFactor: factors.shiftFactor,
       precision,
       source: opts.source ?? basename(opts.weights),
+      ...(factors.family ? { family: factors.family } : {}),
     };
     const type = opts.fp16 ? 'float16' : 'float32';
-    const { graph, weights: refs } = buildDecoderGraph(cfg, type);
-    for (const ref of refs) weights.check(ref.name, ref.shape); // fail before writing anything
+    const { graph, weights: refs } = src.build(type);
+    for (const ref of refs) src.weights.check(ref.name, ref.shape); // fail before writing anything
     const model = graph.model({
-      doc: `SD-family VAE decoder (${precision}) converted from ${config.source} by latent-decoder`,
+      doc: `${src.kind === 'taesd' ? 'TAESD' : 'SD-family VAE'} decoder (${precision}) converted from ${config.source} by latent-decoder`,
       metadata: {
         name: config.name,
         scaling_factor: String(config.scalingFactor),
@@ -60,19 +113,29 @@ export async function convertCheckpoint(opts: ConvertOptions): Promise<ConvertRe
         latent_channels: String(config.latentChannels),
         precision,
         source: config.source,
+        ...(config.family ? { family: config.family } : {}),
       },
     });
     await mkdir(dirname(opts.out), { recursive: true });
-    // written under a temporary name so a model repository never sees a half-written model
+    // written under a temporary name so a model repository never sees a half-written model, nor
+    // a float16 one the guard refuses
     const partial = `${opts.out}.partial`;
     let bytes: number;
+    let fp16Check: Fp16Report | undefined;
     try {
       bytes = await writeModelFile(partial, model, refs.map((r) => ({
         name: r.name,
         type,
         dims: r.dims,
-        load: () => weights.read(r.name, type),
+        load: () => src.weights.read(r.name, type),
       })), opts.onProgress);
+      if (opts.fp16) {
+        fp16Check = await checkFp16({
+          graph, weights: refs, fp16Model: partial, probePath: `${opts.out}.fp16-probe.partial`,
+          readFloat32: (name) => src.weights.read(name, 'float32') as Promise<Float32Array>,
+          latentChannels: config.latentChannels, scalingFactor: config.scalingFactor, shiftFactor: config.shiftFactor,
+        });
+      }
       await rename(partial, opts.out);
     } catch (err) {
       await rm(partial, { force: true });
@@ -82,19 +145,52 @@ export async function convertCheckpoint(opts: ConvertOptions): Promise<ConvertRe
       await writeFile(join(dirname(opts.out), CONFIG_FILE), `${JSON.stringify(config, null, 2)}\n`);
     }
     return {
-      config: { ...config, ch: cfg.ch, chMult: cfg.chMult, numResBlocks: cfg.numResBlocks },
+      config: { ...config, ...src.shape },
+      architecture: src.architecture,
+      ...(fp16Check ? { fp16Check } : {}),
       seconds: (performance.now() - started) / 1000,
       bytes,
     };
   } finally {
-    await weights.close();
+    await src.weights.close();
   }
 }
 
-function defaultScalingFactor(latentChannels: number, path: string): number {
-  if (latentChannels === SD_LATENT_CHANNELS) return SD_SCALING_FACTOR;
+const describe = (kind: FamilyKind, channels: number) => `${channels}-channel ${kind === 'taesd' ? 'TAESD' : 'KL VAE'} decoder`;
+
+/**
+ * The factors and family: explicit factors win; then --family; then what the weights make
+ * certain. A family is recorded only when told or when the weights fit exactly one; factors are
+ * inferred when every family that fits shares them (the whole TAESD family: 1 and 0), and a
+ * 4-channel KL VAE keeps the SD 1.x/2.x default it always had.
+ */
+function resolveFactors(src: DecoderSource, opts: ConvertOptions): { scalingFactor: number; shiftFactor: number; family?: Family } {
+  const fits = familiesFor(src.kind, src.latentChannels);
+  const explicit = (f: { scalingFactor: number; shiftFactor: number }, family?: Family) => ({
+    scalingFactor: opts.scalingFactor ?? f.scalingFactor,
+    shiftFactor: opts.shiftFactor ?? (opts.scalingFactor !== undefined ? 0 : f.shiftFactor),
+    ...(family ? { family } : {}),
+  });
+  if (opts.family !== undefined) {
+    if (!isFamily(opts.family)) throw new Error(`unknown family ${JSON.stringify(opts.family)}: choose one of ${FAMILY_NAMES.join(', ')}`);
+    const spec = FAMILIES[opts.family];
+    if (spec.kind !== src.kind || spec.latentChannels !== src.latentChannels) {
+      throw new Error(`${opts.weights}: family ${opts.family} takes a ${describe(spec.kind, spec.latentChannels)}, ` +
+        `but the weights hold a ${describe(src.kind, src.latentChannels)}` +
+        (fits.length > 0 ? `; choose one of ${fits.join(', ')}` : ''));
+    }
+    return { scalingFactor: opts.scalingFactor ?? spec.scalingFactor, shiftFactor: opts.shiftFactor ?? spec.shiftFactor, family: opts.family };
+  }
+  if (fits.length === 1) return explicit(FAMILIES[fits[0]!], fits[0]);
+  const first = fits[0] && FAMILIES[fits[0]];
+  if (first && fits.every((f) => FAMILIES[f].scalingFactor === first.scalingFactor && FAMILIES[f].shiftFactor === first.shiftFactor)) {
+    return explicit(first);
+  }
+  if (opts.scalingFactor !== undefined) return explicit({ scalingFactor: opts.scalingFactor, shiftFactor: 0 });
+  if (src.kind === 'kl' && src.latentChannels === SD_LATENT_CHANNELS) return explicit({ scalingFactor: SD_SCALING_FACTOR, shiftFactor: 0 });
+  const choices = fits.map((f) => `${f}: ${FAMILIES[f].scalingFactor} with shift ${FAMILIES[f].shiftFactor}`).join(', ');
   throw new Error(
-    `${path}: a ${latentChannels}-channel VAE's scaling factor cannot be inferred from its weights ` +
-    '(SD3: 1.5305 with shift 0.0609, FLUX: 0.3611 with shift 0.1159); pass --scaling-factor and --shift-factor',
+    `${opts.weights}: a ${src.latentChannels}-channel VAE's scaling factor cannot be inferred from its weights` +
+    (fits.length > 0 ? ` (${choices}); pass --family ${fits.join('|')}, or --scaling-factor and --shift-factor` : '; pass --scaling-factor and --shift-factor'),
   );
 }

@@ -9,7 +9,7 @@ import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import type { ReadableStream as WebReadableStream } from 'node:stream/web';
 import { MODEL_FILE } from '../serving/model-config.js';
-import { convertCheckpoint, type ConvertResult } from './convert.js';
+import { convertCheckpoint, type ConvertOptions, type ConvertResult } from './convert.js';
 
 const NAME_RE = /^[a-z0-9][a-z0-9._-]{0,63}$/i;
 const REPO_RE = /^[\w.-]+(\/[\w.-]+)?$/;
@@ -22,6 +22,8 @@ export interface PullOptions {
   revision?: string;
   subfolder?: string;
   name?: string;
+  /** Passed to convertCheckpoint: sets the factors and is recorded in the model. */
+  family?: ConvertOptions['family'];
   fp16?: boolean;
   modelsDir: string;
   endpoint?: string;
@@ -73,6 +75,7 @@ export async function pull(repoId: string, opts: PullOptions): Promise<PullResul
     weights: weightsPath,
     out: join(dir, MODEL_FILE),
     fp16: opts.fp16,
+    family: opts.family,
     name,
     scalingFactor: typeof hubConfig.scaling_factor === 'number' ? hubConfig.scaling_factor : undefined,
     shiftFactor: typeof hubConfig.shift_factor === 'number' ? hubConfig.shift_factor : undefined,

@@ -54,12 +54,18 @@ export class VaeWeights {
   ) {}
 
   static async open(path: string): Promise<VaeWeights> {
-    const file = await SafetensorsFile.open(path);
+    return VaeWeights.fromFile(await SafetensorsFile.open(path));
+  }
+
+  /** Takes ownership of `file` (closes it on failure); throws unless it holds a KL VAE decoder. */
+  static async fromFile(file: SafetensorsFile): Promise<VaeWeights> {
+    const path = file.path;
     try {
       const keys = new Set(file.keys());
       const prefix = PREFIXES.find((p) => keys.has(`${p}decoder.conv_in.weight`));
       if (prefix === undefined) {
-        throw new Error(`${path} holds no VAE decoder: no tensor decoder.conv_in.weight (with prefix ${PREFIXES.filter(Boolean).join(', ')} or none)`);
+        throw new Error(`${path} holds no VAE decoder: no tensor decoder.conv_in.weight (with prefix ${PREFIXES.filter(Boolean).join(', ')} or none), ` +
+          'nor a TAESD decoder (1.weight … 19.weight, or decoder.layers.0.weight … decoder.layers.18.weight)');
       }
       const under = [...keys].filter((k) => k.startsWith(prefix)).map((k) => k.slice(prefix.length));
       const diffusers = under.some((k) => k.startsWith('decoder.up_blocks.') || k.startsWith('decoder.mid_block.'));

@@ -15,10 +15,53 @@ export interface ModelConfig {
   shiftFactor: number;
   precision: Precision;
   source: string;
+  /** The model family (see FAMILIES), when the converter was told it or could be certain of it. */
+  family?: Family;
 }
 
 /** A repository folder's config.json or a MODEL_PATH sidecar, as read: every field optional. */
 export type ModelConfigFile = Partial<ModelConfig>;
+
+export type FamilyKind = 'kl' | 'taesd';
+
+export interface FamilySpec {
+  /** The latent channels the family's decoder takes. */
+  latentChannels: number;
+  /** 'kl': the AutoencoderKL decoder; 'taesd': the tiny TAESD decoder. */
+  kind: FamilyKind;
+  /** decoder input = latents / scalingFactor + shiftFactor */
+  scalingFactor: number;
+  shiftFactor: number;
+}
+
+/**
+ * The model families a VAE decoder is converted for, with the latent factors of their pipelines.
+ * TAESD decoders take latents as the diffusion model produces them (factor 1, shift 0): the
+ * scaling is trained into them.
+ */
+export const FAMILIES = {
+  sd1: { latentChannels: 4, kind: 'kl', scalingFactor: 0.18215, shiftFactor: 0 },
+  sd2: { latentChannels: 4, kind: 'kl', scalingFactor: 0.18215, shiftFactor: 0 },
+  sdxl: { latentChannels: 4, kind: 'kl', scalingFactor: 0.13025, shiftFactor: 0 },
+  sd3: { latentChannels: 16, kind: 'kl', scalingFactor: 1.5305, shiftFactor: 0.0609 },
+  flux: { latentChannels: 16, kind: 'kl', scalingFactor: 0.3611, shiftFactor: 0.1159 },
+  taesd: { latentChannels: 4, kind: 'taesd', scalingFactor: 1, shiftFactor: 0 },
+  taesdxl: { latentChannels: 4, kind: 'taesd', scalingFactor: 1, shiftFactor: 0 },
+  taesd3: { latentChannels: 16, kind: 'taesd', scalingFactor: 1, shiftFactor: 0 },
+  taef1: { latentChannels: 16, kind: 'taesd', scalingFactor: 1, shiftFactor: 0 },
+} as const satisfies Record<string, FamilySpec>;
+
+export type Family = keyof typeof FAMILIES;
+export const FAMILY_NAMES = Object.keys(FAMILIES) as Family[];
+
+export function isFamily(name: unknown): name is Family {
+  return typeof name === 'string' && Object.hasOwn(FAMILIES, name);
+}
+
+/** The families of one decoder kind and channel count, e.g. for an error that lists the choices. */
+export function familiesFor(kind: FamilyKind, latentChannels: number): Family[] {
+  return FAMILY_NAMES.filter((f) => FAMILIES[f].kind === kind && FAMILIES[f].latentChannels === latentChannels);
+}
 
 /** SD 1.x/2.x; SDXL's VAE has the same shapes but 0.13025, which no weight reveals. */
 export const SD_SCALING_FACTOR = 0.18215;

@@ -7,7 +7,7 @@ import { readdir, readFile } from 'node:fs/promises';
 import path from 'node:path';
 import type { Config } from '../config.js';
 import type { RunnerLogger, RunnerOptions } from '../inference/runner.js';
-import { CONFIG_FILE, MODEL_FILE, type ModelConfigFile } from './model-config.js';
+import { CONFIG_FILE, FAMILY_NAMES, MODEL_FILE, isFamily, type ModelConfigFile } from './model-config.js';
 import { buildPreviewDecoder, PREVIEW_MODEL_NAME, PREVIEW_SCALING_FACTOR } from '../onnx/preview.js';
 import { ServedModel, type BatchListener, type ModelSpec } from './served-model.js';
 
@@ -26,6 +26,7 @@ async function readJson(file: string): Promise<ModelConfigFile> {
     if (c[k] !== undefined && (typeof c[k] !== 'number' || !Number.isFinite(c[k]))) throw new Error(`${file}: ${k} must be a number`);
   }
   if (c.scalingFactor === 0) throw new Error(`${file}: scalingFactor must not be 0`);
+  if (c.family !== undefined && !isFamily(c.family)) throw new Error(`${file}: family must be one of ${FAMILY_NAMES.join(', ')}, got ${JSON.stringify(c.family)}`);
   return c as ModelConfigFile;
 }
 

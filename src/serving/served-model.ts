@@ -8,7 +8,7 @@ import { ServiceError } from '../errors.js';
 import { InferenceRunner, type RunnerLogger, type RunnerOptions, type RunResult } from '../inference/runner.js';
 import type { ModelIo, OutputName } from '../inference/protocol.js';
 import type { LatentTensor, ModelLimits } from '../latents/parse.js';
-import { defaultFactors, type ModelConfigFile } from './model-config.js';
+import { FAMILIES, defaultFactors, isFamily, type ModelConfigFile } from './model-config.js';
 
 export interface ModelSpec {
   name: string;
@@ -54,9 +54,13 @@ export class ServedModel implements ModelLimits {
     const defaults = defaultFactors(io.channels);
     const metaNum = (k: string): number | undefined => (meta[k] !== undefined && Number.isFinite(Number(meta[k])) ? Number(meta[k]) : undefined);
     const scaling = spec.file.scalingFactor ?? metaNum('scaling_factor');
-    this.scalingFactor = scaling ?? defaults.scalingFactor;
-    this.shiftFactor = spec.file.shiftFactor ?? metaNum('shift_factor') ?? (scaling === undefined ? defaults.shiftFactor : 0);
-    this.factorsGuessed = scaling === undefined && defaults.guessed;
+    // a named family (config.json or metadata) stands in for factors the model does not state
+    const family = spec.file.family ?? meta.family;
+    const preset = isFamily(family) ? FAMILIES[family] : undefined;
+    const base = scaling !== undefined ? { scalingFactor: scaling, shiftFactor: 0 } : preset ?? defaults;
+    this.scalingFactor = base.scalingFactor;
+    this.shiftFactor = spec.file.shiftFactor ?? metaNum('shift_factor') ?? base.shiftFactor;
+    this.factorsGuessed = scaling === undefined && !preset && defaults.guessed;
     this.maxLatentSide = cfg.maxLatentSide;
     this.fixedSide = [io.inputShape[2]!, io.inputShape[3]!];
     const fixedBatch = typeof io.inputShape[0] === 'number' ? io.inputShape[0] : Infinity;
@@ -99,6 +103,8 @@ export class ServedModel implements ModelLimits {
   get healthy(): boolean { return this.runners.every((r) => r.healthy); }
   get channels(): number { return this.io.channels; }
   get precision(): string { return this.spec.file.precision ?? (this.io.inputType === 'float16' ? 'fp16' : 'fp32'); }
+  /** The model family (sd1, sdxl, taesd, ...) when config.json or the ONNX metadata names one. */
+  get family(): string | undefined { return this.spec.file.family ?? (this.io.metadata.family || undefined); }
 
   /** Queues the latents; resolves with this request's rows of the batch output(s). */
   async decode(tensor: LatentTensor, fetch: OutputName[], opts: { deadline?: number; signal?: AbortSignal }): Promise<Decoded> {
