@@ -3,7 +3,7 @@
 //   node --import tsx bench/report.ts bench/results/X.json   re-renders X.md and X.svg
 import { readFileSync, writeFileSync } from 'node:fs';
 import { basename } from 'node:path';
-import type { BenchResult, ModelResult, PhaseResult } from './run.js';
+import type { BenchResult, ModelResult, PhaseResult } from './types.js';
 import type { RawPoint } from './raw-ort.js';
 import { renderChart } from './chart.js';
 
