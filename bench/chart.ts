@@ -1,6 +1,6 @@
 // A dependency-free SVG chart: per model, throughput (images/s) and p99 latency (ms) against
 // concurrency (log2 axis), one line per output format, the raw-ORT ceiling as a dashed line.
-import type { BenchResult, ModelResult, PhaseResult } from './run.js';
+import type { BenchResult, ModelResult, PhaseResult } from './types.js';
 
 const W = 420;
 const H = 260;

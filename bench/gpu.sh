@@ -41,7 +41,7 @@ const p = process.argv[1];
 ort.InferenceSession.create(fs.readFileSync(p), { executionProviders: ['cuda'] })
   .then(() => console.log('CUDA execution provider: OK'))
   .catch((e) => { console.error('CUDA execution provider failed to load: ' + e.message); process.exit(1); });
-" "$(realpath ../shared/fixtures/sdvae-ch32/torch-export.onnx)"
+" "$(realpath test/fixtures/sdvae-ch32/torch-export.onnx)"
 
 # The service falls back to the next provider in EXECUTION_PROVIDERS; --gpu sets exactly "cuda",
 # so a provider that does not load stops the service instead of silently benchmarking the CPU.

@@ -12,7 +12,10 @@ export interface LoadSpec {
   origin: string;
   /** Path and query, e.g. /decode?shape=1,4,16,16&format=jpeg&scaling_factor=1 */
   path: string;
-  bodyFile: string;
+  /** The POST body; absent with method GET. */
+  bodyFile?: string;
+  /** GET sends no body (the bare /healthz round trip); default POST. */
+  method?: 'GET' | 'POST';
   concurrency: number;
   /** Stop after this many answered requests (after warm-up). */
   maxRequests: number;
@@ -36,6 +39,8 @@ export interface Sample {
   queue?: number;
   infer?: number;
   encode?: number;
+  /** The whole handler as the service sees it (Server-Timing `total`, when sent). */
+  total?: number;
 }
 
 export interface LoadResult {
@@ -58,7 +63,8 @@ export function parseServerTiming(h: string | string[] | undefined): Partial<Rec
 
 async function main(): Promise<void> {
   const spec = JSON.parse(process.argv[2]!) as LoadSpec;
-  const body = await readFile(spec.bodyFile);
+  const get = spec.method === 'GET';
+  const body = get || !spec.bodyFile ? Buffer.alloc(0) : await readFile(spec.bodyFile);
   const pool = new Pool(spec.origin, {
     connections: spec.concurrency,
     pipelining: 1,
@@ -72,7 +78,7 @@ async function main(): Promise<void> {
   const one = async (t0: number): Promise<Sample | undefined> => {
     const start = performance.now();
     try {
-      const res = await pool.request({
+      const res = await pool.request(get ? { method: 'GET', path: spec.path } : {
         method: 'POST', path: spec.path, body,
         headers: { 'content-type': 'application/octet-stream', 'content-length': String(body.length) },
       });
@@ -80,7 +86,7 @@ async function main(): Promise<void> {
       const ms = performance.now() - start;
       const st = parseServerTiming(res.headers['server-timing']);
       if (res.statusCode !== 200) errors[`HTTP ${res.statusCode}`] = (errors[`HTTP ${res.statusCode}`] ?? 0) + 1;
-      return { t: start - t0, ms, status: res.statusCode, bytes: buf.length, parse: st.parse, queue: st.queue, infer: st.infer, encode: st.encode };
+      return { t: start - t0, ms, status: res.statusCode, bytes: buf.length, parse: st.parse, queue: st.queue, infer: st.infer, encode: st.encode, total: st.total };
     } catch (e) {
       const k = (e as Error).name + ': ' + (e as Error).message.slice(0, 80);
       errors[k] = (errors[k] ?? 0) + 1;

@@ -1,4 +1,5 @@
 // Small shared helpers: percentiles, seeded latents.
+import { gaussian, mulberry32 } from '../test/helpers/shared.js';
 
 export interface Summary {
   n: number;
@@ -23,17 +24,10 @@ export function summarize(xs: number[]): Summary {
   return { n: s.length, mean, min: s[0] ?? NaN, p50: percentile(s, 50), p95: percentile(s, 95), p99: percentile(s, 99), max: s[s.length - 1] ?? NaN };
 }
 
-/** Seeded standard-normal float32 values (mulberry32 + Box-Muller). */
+/** Seeded standard-normal float32 values (mulberry32 + Box-Muller, test/helpers/shared.ts). */
 export function gaussianLatents(count: number, seed = 1): Float32Array {
-  let a = seed >>> 0;
-  const next = (): number => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
+  const next = gaussian(mulberry32(seed));
   const out = new Float32Array(count);
-  for (let i = 0; i < count; i++) out[i] = Math.sqrt(-2 * Math.log(1 - next())) * Math.cos(2 * Math.PI * next());
+  for (let i = 0; i < count; i++) out[i] = next();
   return out;
 }

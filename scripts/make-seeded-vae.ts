@@ -8,29 +8,14 @@ import { parseArgs } from 'node:util';
 import { writeSafetensors, type TensorToWrite } from '../src/convert/safetensors.js';
 import { buildDecoderGraph } from '../src/convert/vae-graph.js';
 import { layoutKey, type KeyLayout, type VaeConfig } from '../src/convert/vae-weights.js';
-
-/** mulberry32: small, seedable, and the same sequence on every platform. */
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
-function gaussian(next: () => number): () => number {
-  return () => Math.sqrt(-2 * Math.log(1 - next())) * Math.cos(2 * Math.PI * next());
-}
+import { gaussian, mulberry32 } from '../test/helpers/shared.js';
 
 /**
  * Seeded decoder weights under the names of `layout`. Conv weights have std 1/sqrt(fan_in) so
  * activations stay of order one through the residual stack; norms are near identity.
  */
 export function seededVae(cfg: VaeConfig, opts: { seed?: number; layout?: KeyLayout; prefix?: string } = {}): TensorToWrite[] {
-  const normal = gaussian(rng(opts.seed ?? 1));
+  const normal = gaussian(mulberry32(opts.seed ?? 1));
   return buildDecoderGraph(cfg, 'float32').weights.map(({ name, shape }) => {
     const data = new Float32Array(shape.reduce((a, d) => a * d, 1));
     const isNorm = /norm\w*\.weight$|\.norm\.weight$/.test(name);

@@ -1,19 +1,8 @@
 // The service as a real process on a real socket, for what only a process shows: signals,
 // draining, exit codes, start-up without configuration.
 import { spawn, type ChildProcess } from 'node:child_process';
-import net from 'node:net';
 import type { TestContext } from 'node:test';
-
-export async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = net.createServer();
-    s.listen(0, '127.0.0.1', () => {
-      const { port } = s.address() as net.AddressInfo;
-      s.close(() => resolve(port));
-    });
-    s.on('error', reject);
-  });
-}
+import { freePort } from './shared.js';
 
 export interface ServiceProcess {
   child: ChildProcess;
