@@ -176,11 +176,13 @@ export const modelsSchema: FastifySchema = {
           type: 'array',
           items: {
             type: 'object',
-            required: ['name', 'default', 'channels', 'precision', 'scalingFactor', 'shiftFactor', 'provider', 'ready', 'builtin', 'source'],
+            required: ['name', 'default', 'family', 'channels', 'instances', 'precision', 'scalingFactor', 'shiftFactor', 'provider', 'ready', 'builtin', 'source'],
             properties: {
               name: { type: 'string' },
               default: { type: 'boolean' },
+              family: { type: ['string', 'null'], description: 'Model family (sd1, sdxl, sd3, flux, taesd, ...), when the model names one' },
               channels: { type: 'integer', description: 'Latent channels' },
+              instances: { type: 'integer', description: 'ONNX Runtime sessions serving it (MODEL_INSTANCES)' },
               precision: { type: 'string', description: 'fp32, fp16, ...' },
               scalingFactor: { type: 'number' },
               shiftFactor: { type: 'number' },

@@ -11,7 +11,9 @@ export default async function modelRoutes(app: FastifyInstance): Promise<void> {
       models: reg ? [...reg.models.values()].map((m) => ({
         name: m.name,
         default: m.name === reg.defaultName,
+        family: m.family ?? null,
         channels: m.channels,
+        instances: m.runners.length,
         precision: m.precision,
         scalingFactor: m.scalingFactor,
         shiftFactor: m.shiftFactor,

@@ -91,7 +91,7 @@ export class ServedModel implements ModelLimits {
       log.warn({ model: m.name, channels: m.channels, scalingFactor: m.scalingFactor, shiftFactor: m.shiftFactor },
         `model ${m.name} does not say its scaling factor; guessing from its ${m.channels} channels (set scalingFactor and shiftFactor in its config.json)`);
     }
-    log.info({ model: m.name, provider: m.io.provider, channels: m.io.channels, inputType: m.io.inputType,
+    log.info({ model: m.name, instances: runners.length, provider: m.io.provider, channels: m.io.channels, inputType: m.io.inputType,
       loadMs: Math.round(m.io.loadMs), warmupMs: Math.round(m.io.warmupMs), scalingFactor: m.scalingFactor, shiftFactor: m.shiftFactor },
     `model ${m.name} ready on ${m.io.provider}`);
     return m;
