@@ -29,13 +29,31 @@ export interface AppOptions {
   models?: ModelHost;
 }
 
+/** A client's X-Request-Id is kept when it is 1–128 printable ASCII characters, else replaced. */
+const REQUEST_ID = /^[\x21-\x7e]{1,128}$/;
+
 /** Fastify's own server settings that come from the configuration. */
 export function serverOptions(cfg: Config): FastifyServerOptions {
   return {
     bodyLimit: cfg.bodyLimitBytes,
-    requestIdHeader: 'x-request-id',
-    genReqId: () => randomUUID(),
+    requestIdHeader: false,
+    genReqId: (req) => {
+      const given = req.headers['x-request-id'];
+      return typeof given === 'string' && REQUEST_ID.test(given) ? given : randomUUID();
+    },
   };
+}
+
+/** Any error Fastify or a handler throws, as the service's error. */
+function asServiceError(err: unknown, cfg: Config): ServiceError {
+  if (isServiceError(err)) return err;
+  const fe = err as { code?: string; statusCode?: number; message: string };
+  if (fe.code === 'ECONNRESET' || fe.message === 'aborted') return new ServiceError('CLIENT_CLOSED', 'the client aborted the upload');
+  const code = fe.code ? FASTIFY_CODES[fe.code] : undefined;
+  if (code === 'BODY_TOO_LARGE') return new ServiceError(code, `the body is over the limit of ${cfg.bodyLimitBytes} bytes (BODY_LIMIT_BYTES); send fewer latents per request`);
+  if (code) return new ServiceError(code, fe.message);
+  if (fe.statusCode && fe.statusCode < 500) return new ServiceError('BAD_PARAMETER', fe.message);
+  return new ServiceError('INTERNAL', 'internal error', { cause: err });
 }
 
 async function app(app: FastifyInstance, opts: AppOptions): Promise<void> {
@@ -49,20 +67,19 @@ async function app(app: FastifyInstance, opts: AppOptions): Promise<void> {
     reply.header('x-request-id', req.id);
   });
 
+  // A client's mistake is logged at info, an overload or deadline at warn, both without a stack;
+  // only the service's own failures are errors. 5xx bodies name the request id to quote, and
+  // the service's internals stay in the log (inference failures excepted: their cause is the
+  // client's to see).
   app.setErrorHandler((err, req, reply) => {
-    let e: ServiceError;
-    if (isServiceError(err)) e = err;
-    else {
-      const fe = err as { code?: string; statusCode?: number; message: string };
-      const code = fe.code ? FASTIFY_CODES[fe.code] : undefined;
-      if (code === 'BODY_TOO_LARGE') e = new ServiceError(code, `the body is over the limit of ${cfg.bodyLimitBytes} bytes (BODY_LIMIT_BYTES); send fewer latents per request`);
-      else if (code) e = new ServiceError(code, fe.message);
-      else if (fe.statusCode && fe.statusCode < 500) e = new ServiceError('BAD_PARAMETER', fe.message);
-      else e = new ServiceError('INTERNAL', 'internal error', { cause: err });
-    }
-    if (e.status >= 500) req.log.error({ err: e.cause ?? e, code: e.code }, e.message);
-    else req.log.info({ code: e.code, status: e.status }, e.message);
-    void reply.code(e.status).headers(e.headers).type('application/json').send(e.body());
+    const e = asServiceError(err, cfg);
+    const line = { code: e.code, status: e.status };
+    if (e.status === 500) req.log.error({ ...line, err: e.cause ?? e }, e.message);
+    else if (e.status >= 429 && e.status !== 499) req.log.warn(line, e.message);
+    else req.log.info(line, e.message);
+    const body = e.body();
+    if (e.status >= 500) Object.assign(body.error, { requestId: req.id });
+    void reply.code(e.status).headers(e.headers).type('application/json').send(body);
   });
 
   app.setNotFoundHandler((req, reply) => {

@@ -22,6 +22,7 @@ export const ErrorCodes = {
   BODY_TOO_LARGE: 413,
   BATCH_TOO_LARGE: 413,
   UNSUPPORTED_MEDIA_TYPE: 415,
+  NON_FINITE_OUTPUT: 422,
   QUEUE_FULL: 429,
   INFERENCE_FAILED: 500,
   INTERNAL: 500,
@@ -61,5 +62,5 @@ export function toServiceError(e: unknown): ServiceError {
   if (e instanceof BatchTooLargeError) return new ServiceError('BATCH_TOO_LARGE', e.message);
   if (e instanceof DeadlineError) return new ServiceError('DEADLINE_EXCEEDED', e.message);
   if (e instanceof CancelledError) return new ServiceError('CLIENT_CLOSED', e.message);
-  return new ServiceError('INTERNAL', (e as Error)?.message ?? String(e), { cause: e });
+  return new ServiceError('INTERNAL', 'internal error', { cause: e });
 }

@@ -21,6 +21,7 @@ export const errorSchema = {
       properties: {
         code: { type: 'string', enum: Object.keys(ErrorCodes), description: 'Stable machine-readable code' },
         message: { type: 'string', description: 'What went wrong, naming the value at fault (generic for 5xx other than inference failures)' },
+        requestId: { type: 'string', description: '5xx only: the request id (X-Request-Id) to quote when reporting it' },
       },
     },
   },

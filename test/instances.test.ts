@@ -1,8 +1,12 @@
 // Scale-up within one process: several sessions per model (MODEL_INSTANCES) sharing one batcher,
 // and the warm-up plan that keeps cuDNN's per-shape tuning off the request path on a GPU.
 import assert from 'node:assert/strict';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
 import { test } from 'node:test';
 import { loadConfig } from '../src/config.js';
+import { availableProviders } from '../src/inference/providers.js';
 import { warmupPlan } from '../src/inference/warmup.js';
 import { bytesOf, startService } from './helpers/service.js';
 
@@ -35,4 +39,13 @@ test('instances: on a GPU every batch size up to MAX_BATCH_SIZE is warmed at eve
   assert.deepEqual(warmupPlan('tensorrt', [[64, 64], [128, 128]], 2), [[1, 64, 64], [2, 64, 64], [1, 128, 128], [2, 128, 128]]);
   assert.deepEqual(warmupPlan('cpu', undefined, 8), [[1, 8, 8]]);
   assert.deepEqual(warmupPlan('cpu', [[16, 16]], 8), [[1, 16, 16]]);
+});
+
+test('instances: providers whose library is not installed are not tried; the others are, in order', () => {
+  const dir = mkdtempSync(path.join(os.tmpdir(), 'providers-'));
+  writeFileSync(path.join(dir, 'libonnxruntime.so.1'), '');
+  assert.deepEqual(availableProviders(['cuda', 'cpu'], dir), { usable: ['cpu'], missing: ['cuda'] });
+  writeFileSync(path.join(dir, 'libonnxruntime_providers_cuda.so'), '');
+  assert.deepEqual(availableProviders(['cuda', 'tensorrt', 'cpu'], dir), { usable: ['cuda', 'cpu'], missing: ['tensorrt'] });
+  assert.deepEqual(availableProviders(['cuda', 'cpu'], null), { usable: ['cuda', 'cpu'], missing: [] }, 'an unknown layout: let ORT decide');
 });

@@ -122,7 +122,7 @@ test('metrics: requests, outcomes, stages, batches, queue depth and models after
   assert.equal(req('ok'), 1);
   assert.equal(req('rejected'), 1);
   assert.equal(req('timed_out'), 1);
-  assert.equal(req('bad_request', ''), 1, 'a request that failed before choosing a model has model=""');
+  assert.equal(req('bad_request', 'none'), 1, 'a request that failed before choosing a model has model="none", never an empty label');
   assert.equal(req('error'), 0, 'every outcome of a served model starts at 0');
   assert.equal(value(e, 'latent_decoder_request_duration_seconds_count', { model: MODEL, outcome: 'ok' }), 1);
   const okSeconds = value(e, 'latent_decoder_request_duration_seconds_sum', { model: MODEL, outcome: 'ok' })!;

@@ -97,8 +97,10 @@ test('openapi: response schemas serialize every JSON answer exactly as JSON.stri
     assert.deepEqual(a.json(), b.json(), what);
   }
   host.draining = true;
-  const [a, b] = await Promise.all([app.inject('/readyz'), plain.inject('/readyz')]);
+  const readyz = { url: '/readyz', headers: { 'x-request-id': 'drain-check' } };
+  const [a, b] = await Promise.all([app.inject(readyz), plain.inject(readyz)]);
   assert.equal(a.statusCode, 503);
   assert.deepEqual(a.json(), b.json());
   assert.equal(a.json().error.code, 'SHUTTING_DOWN');
+  assert.equal(a.json().error.requestId, 'drain-check', 'a 5xx body names the request id');
 });

@@ -47,6 +47,8 @@ export interface CloseRequest {
 export type MainMessage = RunRequest | CloseRequest;
 
 export interface RunOutputs {
+  /** Rows of the batch whose decoder output holds NaN or ±Inf (models with the finite check). */
+  nonFinite: number[];
   /** uint8 NHWC pixels [N, 8h, 8w, 3]. */
   image?: ArrayBuffer;
   /** float32 NCHW decoder output [N, 3, 8h, 8w]. */

@@ -4,7 +4,7 @@ import { readFile } from 'node:fs/promises';
 import { parentPort, workerData } from 'node:worker_threads';
 import * as ort from 'onnxruntime-node';
 import { halfBitsToFloat32, toFloat16Bits } from '../tensor/dtype.js';
-import { IMAGE_OUTPUT, withPostprocess } from '../onnx/postprocess.js';
+import { IMAGE_OUTPUT, NONFINITE_OUTPUT, withPostprocess } from '../onnx/postprocess.js';
 import type { MainMessage, ModelIo, RunOutputs, WorkerInit, WorkerMessage } from './protocol.js';
 import { warmupPlan } from './warmup.js';
 
@@ -86,9 +86,11 @@ async function main(): Promise<void> {
     }
     const t = performance.now();
     const fetch = req.fetch.map((f) => (f === 'image' ? IMAGE_OUTPUT : io.output));
+    if (io.finiteCheck) fetch.push(NONFINITE_OUTPUT);
     const done = run(new Float32Array(req.data), req.dims, fetch).then(
       (res) => {
-        const outputs: RunOutputs = {};
+        const flags = io.finiteCheck ? (res[NONFINITE_OUTPUT]!.data as Float32Array) : [];
+        const outputs: RunOutputs = { nonFinite: [...flags.keys()].filter((i) => flags[i] !== 0) };
         const transfer: ArrayBuffer[] = [];
         if (req.fetch.includes('image')) transfer.push((outputs.image = owned(res[IMAGE_OUTPUT]!.data as Uint8Array)));
         if (req.fetch.includes('sample')) transfer.push((outputs.sample = owned(toFloat32(res[io.output]!))));

@@ -1,10 +1,13 @@
 // Diffusers' image postprocess as graph nodes appended to a decoder:
 // image = round(clamp(sample / 2 + 0.5, 0, 1) * 255) as uint8, NCHW → NHWC.
 // ONNX Runtime then returns finished pixels (a quarter of float32's bytes, no JavaScript
-// pixel loop); the float `sample` output stays available for output_type=pt.
+// pixel loop); the float `sample` output stays available for output_type=pt. A second output,
+// `nonfinite`, is per sample the sum of `sample - sample`: 0 when every value is finite, NaN when
+// any is NaN or ±Inf — which the uint8 cast would otherwise turn into a silent black image.
 import { DataType, GraphBuilder, attr, decodeModel, encodeModel, onnx, type ModelProto } from './graph.js';
 
 export const IMAGE_OUTPUT = 'image';
+export const NONFINITE_OUTPUT = 'nonfinite';
 const MIN_OPSET = 11; // Round and Clip-with-inputs
 
 export interface DecoderIo {
@@ -12,6 +15,8 @@ export interface DecoderIo {
   output: string;
   /** The file's metadata_props (name, scaling_factor, ...). */
   metadata: Record<string, string>;
+  /** Whether the model has the `nonfinite` output (not when it came with its own `image`). */
+  finiteCheck: boolean;
 }
 
 /** Returns the model with an extra uint8 NHWC output `image`; a model that has one is returned as is. */
@@ -27,7 +32,7 @@ export function withPostprocess(modelBytes: Uint8Array): { bytes: Uint8Array; io
   const metadata = Object.fromEntries(model.metadataProps.map((p) => [p.key ?? '', p.value ?? '']));
   if (graph.output.some((o) => o.name === IMAGE_OUTPUT)) {
     const output = graph.output.find((o) => o.name !== IMAGE_OUTPUT)?.name ?? IMAGE_OUTPUT;
-    return { bytes: modelBytes, io: { input, output, metadata } };
+    return { bytes: modelBytes, io: { input, output, metadata, finiteCheck: graph.output.some((o) => o.name === NONFINITE_OUTPUT) } };
   }
   const sample = graph.output[0]!;
   const opset = model.opsetImport.find((o) => !o.domain || o.domain === 'ai.onnx')?.version;
@@ -37,6 +42,10 @@ export function withPostprocess(modelBytes: Uint8Array): { bytes: Uint8Array; io
   const g = new GraphBuilder('postprocess', 'pp_');
   let x = sample.name!;
   if (sample.type?.tensorType?.elemType !== DataType.FLOAT) x = g.node('Cast', [x], { to: attr.i(DataType.FLOAT) });
+  const zeros = g.node('Sub', [x, x]);
+  // ReduceSum takes its axes as an attribute before opset 13 and as an input since.
+  if (Number(opset) >= 13) g.node('ReduceSum', [zeros, g.ints('axes', [1, 2, 3])], { keepdims: attr.i(0) }, NONFINITE_OUTPUT);
+  else g.node('ReduceSum', [zeros], { axes: attr.ints([1, 2, 3]), keepdims: attr.i(0) }, NONFINITE_OUTPUT);
   x = g.node('Mul', [x, g.scalar('half', 0.5)]);
   x = g.node('Add', [x, g.scalar('offset', 0.5)]);
   x = g.node('Clip', [x, g.scalar('zero', 0), g.scalar('one', 1)]);
@@ -52,6 +61,9 @@ export function withPostprocess(modelBytes: Uint8Array): { bytes: Uint8Array; io
   graph.output.push(onnx.ValueInfoProto.create({
     name: IMAGE_OUTPUT,
     type: { tensorType: { elemType: DataType.UINT8, shape: nhwc.length ? { dim: nhwc } : null } },
+  }), onnx.ValueInfoProto.create({
+    name: NONFINITE_OUTPUT,
+    type: { tensorType: { elemType: DataType.FLOAT, shape: dims.length ? { dim: [dims[0]!] } : null } },
   }));
-  return { bytes: encodeModel(model), io: { input, output: sample.name!, metadata } };
+  return { bytes: encodeModel(model), io: { input, output: sample.name!, metadata, finiteCheck: true } };
 }

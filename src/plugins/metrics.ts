@@ -145,8 +145,8 @@ export class Metrics {
 
   /** The decode route's observer: once per request. */
   readonly onDecode = (e: DecodeEvent): void => {
-    // Empty when the request failed before a model was chosen: never the client's model name.
-    const model = e.model ?? '';
+    // "none" when the request failed before a model was chosen: never the client's model name.
+    const model = e.model ?? 'none';
     this.requests.inc({ model, outcome: e.outcome });
     this.requestSeconds.observe({ model, outcome: e.outcome }, e.seconds);
     for (const stage of STAGES) {

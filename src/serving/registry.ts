@@ -6,6 +6,7 @@ import { existsSync } from 'node:fs';
 import { readdir, readFile } from 'node:fs/promises';
 import path from 'node:path';
 import type { Config } from '../config.js';
+import { availableProviders } from '../inference/providers.js';
 import type { RunnerLogger, RunnerOptions } from '../inference/runner.js';
 import { CONFIG_FILE, FAMILY_NAMES, MODEL_FILE, isFamily, type ModelConfigFile } from './model-config.js';
 import { buildPreviewDecoder, PREVIEW_MODEL_NAME, PREVIEW_SCALING_FACTOR } from '../onnx/preview.js';
@@ -79,7 +80,13 @@ export class ModelRegistry {
   static async load(cfg: Config, log: RunnerLogger, onBatch?: BatchListener, runnerOpts: RunnerOptions = {}): Promise<ModelRegistry> {
     const specs = await discoverModels(cfg);
     const reg = new ModelRegistry(specs, cfg);
-    const loaded = await Promise.allSettled(specs.map((s) => ServedModel.start(s, cfg, log, onBatch, runnerOpts)));
+    const { usable, missing } = availableProviders(cfg.executionProviders);
+    if (missing.length > 0) {
+      log.info({ skipped: missing }, `execution provider ${missing.join(', ')} not installed (onnxruntime-node was installed without ONNXRUNTIME_NODE_INSTALL=cuda12); not tried`);
+    }
+    if (usable.length === 0) throw new Error(`no execution provider can load: ${missing.join(', ')} not installed; add cpu to EXECUTION_PROVIDERS`);
+    const run = { ...cfg, executionProviders: usable };
+    const loaded = await Promise.allSettled(specs.map((s) => ServedModel.start(s, run, log, onBatch, runnerOpts)));
     const failed = loaded.flatMap((r, i) => (r.status === 'rejected' ? [`${specs[i]!.name}: ${(r.reason as Error).message}`] : []));
     for (const r of loaded) if (r.status === 'fulfilled') reg.models.set(r.value.name, r.value);
     if (failed.length > 0) {

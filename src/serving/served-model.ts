@@ -114,6 +114,14 @@ export class ServedModel implements ModelLimits {
       throw new ServiceError('BAD_SHAPE', `model ${this.name} takes ${fh}x${fw} latents only, got ${h}x${w}`);
     }
     const res = await this.batcher.submit(`${h}x${w}`, { tensor, fetch }, n, { ...opts, cost: h * w });
+    for (const p of res.parts) {
+      const bad = p.result.outputs.nonFinite.find((row) => row >= p.batchOffset && row < p.batchOffset + p.count);
+      if (bad !== undefined) {
+        const sample = p.start + bad - p.batchOffset;
+        throw new ServiceError('NON_FINITE_OUTPUT', `model ${this.name} produced NaN or infinite values for sample ${sample} of ${n}: ` +
+          'the latents are outside what the decoder handles (check scaling_factor and shift_factor) or the model overflows in float16');
+      }
+    }
     const first = res.parts[0]!.result;
     const pixels = first.outputs.image ? first.outputs.image.byteLength / (first.samples * 3) : (first.outputs.sample!.byteLength / 4) / (first.samples * 3);
     const up = Math.round(Math.sqrt(pixels / (h * w)));
