@@ -3,12 +3,14 @@
 import Fastify, { type FastifyInstance, type FastifyServerOptions } from 'fastify';
 import fp from 'fastify-plugin';
 import { randomUUID } from 'node:crypto';
+import { createServer } from 'node:http';
 import type { Config } from './config.js';
 import { ServiceError, isServiceError, type ErrorCode } from './errors.js';
 import auth from './plugins/auth.js';
 import metrics from './plugins/metrics.js';
 import models, { type ModelHost } from './plugins/models.js';
 import swagger from './plugins/swagger.js';
+import uploads from './plugins/uploads.js';
 import decodeRoutes from './routes/decode.js';
 import healthRoutes from './routes/health.js';
 import metricsRoutes from './routes/metrics.js';
@@ -36,6 +38,10 @@ const REQUEST_ID = /^[\x21-\x7e]{1,128}$/;
 export function serverOptions(cfg: Config): FastifyServerOptions {
   return {
     bodyLimit: cfg.bodyLimitBytes,
+    // Node's whole-request deadline (a stalled upload gets 408 and is closed), checked every second
+    // rather than every 30 s; Fastify's own options cannot set the check interval.
+    requestTimeout: cfg.bodyTimeoutMs,
+    serverFactory: (handler) => createServer({ requestTimeout: cfg.bodyTimeoutMs, connectionsCheckingInterval: 1000 }, handler),
     requestIdHeader: false,
     genReqId: (req) => {
       const given = req.headers['x-request-id'];
@@ -90,6 +96,8 @@ async function app(app: FastifyInstance, opts: AppOptions): Promise<void> {
   await app.register(models, { config: cfg, host: opts.models });
   await app.register(metrics);
   await app.register(auth, { tokens: cfg.authTokens });
+  // After auth: an unauthenticated client is refused before it counts against the upload cap.
+  await app.register(uploads, { bodyLimitBytes: cfg.bodyLimitBytes, maxInflightBodyBytes: cfg.maxInflightBodyBytes });
   // Before the routes: the document collects them as they are added.
   await app.register(swagger);
   await app.register(healthRoutes);

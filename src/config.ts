@@ -23,7 +23,14 @@ export interface Config {
   maxQueueSize: number;
   requestTimeoutMs: number;
   maxLatentSide: number;
+  /** Explicit (BODY_LIMIT_BYTES) or derived from the limits: see defaultBodyLimit. */
   bodyLimitBytes: number;
+  /** Time to receive a whole request, body included: a stalled upload gets 408 and is closed. */
+  bodyTimeoutMs: number;
+  /** Body bytes being uploaded at once, over all connections: 429 above. */
+  maxInflightBodyBytes: number;
+  /** SIGTERM: how long accepted requests may take to be answered before the process exits anyway. */
+  drainTimeoutMs: number;
   /** Latent sizes [h, w] warmed up before ready; unset: 64×64 on GPU providers, one 8×8 run on CPU. */
   warmupLatentSizes?: [number, number][];
   /** ORT intra-op threads per session; 0 lets ORT choose. */
@@ -66,6 +73,16 @@ function latentSizes(env: Env, name: string): [number, number][] | undefined {
   });
 }
 
+/**
+ * The largest valid request, so that nothing larger is read: a queue's worth of 64×64 latents or
+ * one latent at the maximum side, whichever is more, at 16 channels of float32, as base64 JSON
+ * (4/3), plus 64 KiB for the JSON's other fields or a .npy header.
+ */
+export function defaultBodyLimit(maxQueueSize: number, maxLatentSide: number): number {
+  const pixels = Math.max(maxLatentSide * maxLatentSide, maxQueueSize * 64 * 64);
+  return Math.ceil((pixels * 16 * 4 * 4) / 3) + 64 * 1024;
+}
+
 export function loadConfig(env: Env = process.env): Config {
   const providers = (optional(env, 'EXECUTION_PROVIDERS') ?? 'cuda,cpu').split(',').map((p) => p.trim().toLowerCase()).filter(Boolean);
   for (const p of providers) {
@@ -79,6 +96,9 @@ export function loadConfig(env: Env = process.env): Config {
     throw new ConfigError(`LOG_LEVEL=${JSON.stringify(env.LOG_LEVEL)} is not valid: expected one of ${LOG_LEVELS.join(', ')}`);
   }
   const maxBatchSize = int(env, 'MAX_BATCH_SIZE', 8, 1, 1024);
+  const maxQueueSize = int(env, 'MAX_QUEUE_SIZE', 64, 1, 1_000_000);
+  const maxLatentSide = int(env, 'MAX_LATENT_SIDE', 128, 1, 1024);
+  const bodyLimitBytes = int(env, 'BODY_LIMIT_BYTES', defaultBodyLimit(maxQueueSize, maxLatentSide), 1024);
   const cfg: Config = {
     host: optional(env, 'HOST') ?? '0.0.0.0',
     port: int(env, 'PORT', 8080, 0, 65535),
@@ -90,10 +110,13 @@ export function loadConfig(env: Env = process.env): Config {
     maxBatchLatentPixels: int(env, 'MAX_BATCH_LATENT_PIXELS', maxBatchSize * 64 * 64, 1),
     maxQueueDelayMs: int(env, 'MAX_QUEUE_DELAY_MS', 0, 0, 60_000),
     modelInstances: int(env, 'MODEL_INSTANCES', 1, 1, 64),
-    maxQueueSize: int(env, 'MAX_QUEUE_SIZE', 64, 1, 1_000_000),
+    maxQueueSize,
     requestTimeoutMs: int(env, 'REQUEST_TIMEOUT_MS', 30_000, 1, 3_600_000),
-    maxLatentSide: int(env, 'MAX_LATENT_SIDE', 128, 1, 1024),
-    bodyLimitBytes: int(env, 'BODY_LIMIT_BYTES', 64 * 1024 * 1024, 1024),
+    maxLatentSide,
+    bodyLimitBytes,
+    bodyTimeoutMs: int(env, 'BODY_TIMEOUT_MS', 30_000, 1000, 3_600_000),
+    maxInflightBodyBytes: int(env, 'MAX_INFLIGHT_BODY_BYTES', 4 * bodyLimitBytes, 1024),
+    drainTimeoutMs: int(env, 'DRAIN_TIMEOUT_MS', 30_000, 0, 3_600_000),
     warmupLatentSizes: latentSizes(env, 'WARMUP_LATENT_SIZES'),
     intraOpThreads: int(env, 'ORT_INTRA_OP_THREADS', 0, 0, 1024),
     pngCompressionLevel: int(env, 'PNG_COMPRESSION_LEVEL', 6, 0, 9),

@@ -1,10 +1,12 @@
 // The process: config → logger → app listening (live at once, ready once the models are warm) →
-// models. SIGTERM/SIGINT drain: readiness turns 503, new requests get 503, everything accepted is
-// answered, then exit 0. A second signal exits at once.
+// models. SIGTERM/SIGINT drain, bounded by DRAIN_TIMEOUT_MS: readiness turns 503, new requests get
+// 503, connections still uploading are closed, every accepted request is answered; then exit 0.
+// A request still unanswered at the limit gets 503. A second signal ends the process at once.
 import './threadpool.js';
 import closeWithGrace from 'close-with-grace';
 import { buildApp } from './app.js';
 import { ConfigError, loadConfig, type Config } from './config.js';
+import { ServiceError } from './errors.js';
 import { createLogger } from './logger.js';
 import { PREVIEW_MODEL_NAME } from './onnx/preview.js';
 
@@ -19,25 +21,58 @@ try {
 
 const log = createLogger(cfg.logLevel);
 const app = buildApp({ config: cfg, logger: log });
-closeWithGrace({
-  delay: cfg.requestTimeoutMs + 5000,
-  logger: false,
-  onSecondSignal: (signal) => log.warn({ signal }, 'second signal: exiting now'),
-}, async ({ signal, err }) => {
-  if (err) log.error({ err }, 'exiting on an uncaught error');
+
+/**
+ * Ends the process now, even while a native ONNX Runtime run is in progress: process.exit() would
+ * wait for the run and then abort ("terminate called after throwing an instance of
+ * 'Napi::Error'"). The signal's default action ends the process at once, with no message.
+ */
+function terminate(signal: NodeJS.Signals): never {
+  process.removeAllListeners(signal);
+  process.kill(process.pid, signal);
+  throw new Error('unreachable'); // the signal is delivered before kill returns
+}
+
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+async function drain(signal: NodeJS.Signals): Promise<void> {
   const host = app.models;
   host.draining = true;
-  log.info({ signal, inflight: host.inflight }, 'draining: finishing accepted requests');
-  while (!host.idle) await new Promise((r) => setTimeout(r, 20));
-  await app.close();
+  const closed = app.uploads.closeAll();
+  app.server.closeIdleConnections();
+  log.info({ signal, inflight: host.inflight, uploadsClosed: closed, limitMs: cfg.drainTimeoutMs }, 'draining: finishing accepted requests');
+  const limit = Date.now() + cfg.drainTimeoutMs;
+  while (!host.idle && Date.now() < limit) await sleep(20);
+  if (!host.idle) {
+    log.warn({ inflight: host.inflight }, 'drain limit reached: answering what is left with 503');
+    host.registry?.failAll(new ServiceError('SHUTTING_DOWN', `the service is shutting down and could not finish this request within DRAIN_TIMEOUT_MS (${cfg.drainTimeoutMs} ms); retry on another replica`));
+    for (let i = 0; i < 50 && host.inflight > 0; i++) await sleep(20); // let the answers go out
+  }
+  if ([...(host.registry?.models.values() ?? [])].some((m) => m.batcher.runningBatches > 0)) {
+    log.warn('a model run outlasted the drain; ending the process without waiting for it');
+    terminate(signal);
+  }
+  await app.close(); // the server, then the models (their workers exit once idle)
   log.info('drained; exiting');
+}
+
+closeWithGrace({
+  delay: undefined, // drain() bounds itself: close-with-grace's timeout would process.exit() mid-run
+  logger: false,
+  onSecondSignal: (signal) => {
+    log.warn({ signal }, 'second signal: exiting now');
+    terminate(signal as NodeJS.Signals);
+  },
+}, async ({ signal, err }) => {
+  if (err) log.error({ err }, 'exiting on an uncaught error');
+  await drain((signal as NodeJS.Signals | undefined) ?? 'SIGTERM');
 });
 
 await app.listen({ host: cfg.host, port: cfg.port });
 app.models.onFatal = (err) => {
   // Kubernetes restarts the pod; staying up would answer 500 to every request.
   log.fatal({ err }, 'a model can no longer run; exiting');
-  process.exit(1);
+  terminate('SIGTERM'); // other models may be mid-run: exit without waiting for them
 };
 try {
   const reg = await app.models.load();

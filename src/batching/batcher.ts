@@ -124,6 +124,8 @@ export class Batcher<P, R> {
   private pumpScheduled = false;
   private forming = false;
   private idleWaiters: (() => void)[] = [];
+  /** Requests not yet settled, queued or running. */
+  private readonly unsettled = new Set<Job<P, R>>();
 
   constructor(private readonly run: RunFn<P, R>, private readonly opts: BatcherOptions) {
     this.now = opts.now ?? (() => performance.now());
@@ -165,6 +167,7 @@ export class Batcher<P, R> {
         signal.addEventListener('abort', onAbort, { once: true });
         job.cleanup = () => signal.removeEventListener('abort', onAbort);
       }
+      this.unsettled.add(job);
       let q = this.queues.get(key);
       if (!q) {
         q = { key, jobs: [], samples: 0, unitCost };
@@ -190,6 +193,14 @@ export class Batcher<P, R> {
       this.pumpScheduled = false;
       this.pump();
     });
+  }
+
+  /**
+   * Fails every request not yet answered, queued or running, with `err` (a drain out of time). A
+   * running batch goes on in its runner; its result is dropped.
+   */
+  failAll(err: unknown): void {
+    for (const job of [...this.unsettled]) this.fail(job, err);
   }
 
   /** Resolves once nothing waits and nothing runs. */
@@ -338,6 +349,7 @@ export class Batcher<P, R> {
 
   private succeed(job: Job<P, R>): void {
     job.settled = true;
+    this.unsettled.delete(job);
     job.cleanup();
     job.parts.sort((a, b) => a.start - b.start);
     job.resolve({ parts: job.parts, queueMs: (job.startedAt ?? job.enqueuedAt) - job.enqueuedAt, runMs: job.runMs });
@@ -346,6 +358,7 @@ export class Batcher<P, R> {
   private fail(job: Job<P, R>, err: unknown): void {
     if (job.settled) return;
     job.settled = true;
+    this.unsettled.delete(job);
     job.cleanup();
     this.unqueue(job);
     job.reject(err);

@@ -118,6 +118,11 @@ export class ModelRegistry {
     await Promise.all([...this.models.values()].map((m) => m.batcher.idle()));
   }
 
+  /** Answers every request still queued or running with `err`; the runs themselves go on. */
+  failAll(err: unknown): void {
+    for (const m of this.models.values()) m.batcher.failAll(err);
+  }
+
   async close(): Promise<void> {
     await Promise.all([...this.models.values()].map((m) => m.close()));
   }
