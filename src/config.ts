@@ -35,6 +35,8 @@ export interface Config {
   warmupLatentSizes?: [number, number][];
   /** ORT intra-op threads per session; 0 lets ORT choose. */
   intraOpThreads: number;
+  /** ONNX Runtime's CPU arena (and memory patterns): faster re-allocation, but it keeps its peak. */
+  cpuMemArena: boolean;
   pngCompressionLevel: number;
   logLevel: (typeof LOG_LEVELS)[number];
   authTokens: string[];
@@ -119,6 +121,7 @@ export function loadConfig(env: Env = process.env): Config {
     drainTimeoutMs: int(env, 'DRAIN_TIMEOUT_MS', 30_000, 0, 3_600_000),
     warmupLatentSizes: latentSizes(env, 'WARMUP_LATENT_SIZES'),
     intraOpThreads: int(env, 'ORT_INTRA_OP_THREADS', 0, 0, 1024),
+    cpuMemArena: int(env, 'ORT_CPU_MEM_ARENA', 0, 0, 1) === 1,
     pngCompressionLevel: int(env, 'PNG_COMPRESSION_LEVEL', 6, 0, 9),
     logLevel: logLevel as Config['logLevel'],
     authTokens: (env.AUTH_TOKEN ?? '').split(',').map((t) => t.trim()).filter(Boolean),

@@ -16,7 +16,7 @@ test('runner: after maxRestarts failed restarts it gives up, calls onFatal once,
   const fatal: Error[] = [];
   let gaveUp!: () => void;
   const givenUp = new Promise<void>((resolve) => (gaveUp = resolve));
-  const r = await InferenceRunner.start({ modelPath: file, providers: ['cpu'], intraOpThreads: 1, maxBatchSize: 1 }, { ...quiet, warn: (o) => warned.push(o) }, {
+  const r = await InferenceRunner.start({ modelPath: file, providers: ['cpu'], intraOpThreads: 1, cpuMemArena: false, maxBatchSize: 1 }, { ...quiet, warn: (o) => warned.push(o) }, {
     maxRestarts: 3, restartDelayMs: 10, onFatal: (e) => { fatal.push(e); gaveUp(); },
   });
   t.after(() => r.close());

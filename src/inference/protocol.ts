@@ -10,6 +10,7 @@ export interface WorkerInit {
   modelBytes?: Uint8Array;
   providers: ExecutionProvider[];
   intraOpThreads: number;
+  cpuMemArena: boolean;
   warmupLatentSizes?: [number, number][];
   /** A GPU warms up every batch size up to this. */
   maxBatchSize: number;

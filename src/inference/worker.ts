@@ -19,6 +19,9 @@ async function createSession(bytes: Uint8Array): Promise<{ session: ort.Inferenc
       const session = await ort.InferenceSession.create(bytes, {
         executionProviders: [provider],
         graphOptimizationLevel: 'all',
+        // Without the arena, ORT frees what a large batch took instead of keeping its peak.
+        enableCpuMemArena: init.cpuMemArena,
+        enableMemPattern: init.cpuMemArena,
         ...(init.intraOpThreads > 0 ? { intraOpNumThreads: init.intraOpThreads } : {}),
       });
       return { session, provider };
