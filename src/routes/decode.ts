@@ -2,14 +2,17 @@
 // batcher (queue), the inference worker (infer), images/encode (encode); this file wires them to
 // the request, its deadline and its connection.
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
-import { CancelledError, DeadlineError } from '../batching/batcher.js';
+import { BatchTooLargeError, CancelledError, DeadlineError, QueueFullError } from '../batching/batcher.js';
 import { ServiceError, toServiceError } from '../errors.js';
 import { CONTENT_TYPES, encodeImage } from '../images/encode.js';
 import type { OutputName } from '../inference/protocol.js';
-import { formatFromAccept, type ImageFormat } from '../latents/options.js';
-import { bodyKind, parseBody, toDecoderSpace } from '../latents/parse.js';
+import { toDecoderSpace } from '../latents/fuse.js';
+import { formatFromAccept } from '../latents/options.js';
+import { bodyKind, planLatents, readBody } from '../latents/parse.js';
 import type { DecodeEvent, Outcome, StageTimings } from '../plugins/metrics.js';
+import type { ModelHost } from '../plugins/models.js';
 import { decodeSchema, documentOnly } from '../schemas.js';
+import type { ServedModel } from '../serving/served-model.js';
 
 function outcomeOf(status: number): Outcome {
   if (status === 429) return 'rejected';
@@ -21,11 +24,31 @@ function outcomeOf(status: number): Outcome {
 function timeoutMs(req: FastifyRequest, max: number): number {
   const raw = req.headers['x-request-timeout-ms'];
   if (raw === undefined) return max;
-  const v = Number(raw);
-  if (typeof raw !== 'string' || !Number.isFinite(v) || v <= 0) {
+  // Decimal only: Number() would also read 0x10, 1e3 and an empty string.
+  const v = typeof raw === 'string' && /^\d+(\.\d+)?$/.test(raw) ? Number(raw) : NaN;
+  if (!Number.isFinite(v) || v <= 0) {
     throw new ServiceError('BAD_PARAMETER', `X-Request-Timeout-Ms ${JSON.stringify(raw)} is not a positive number of milliseconds`);
   }
   return Math.min(v, max); // shortens, never lengthens
+}
+
+function registryOf(host: ModelHost): NonNullable<ModelHost['registry']> {
+  if (host.draining) throw new ServiceError('SHUTTING_DOWN', 'the service is shutting down; retry on another replica');
+  if (!host.registry) throw new ServiceError('NOT_READY', 'the models are still loading; retry shortly');
+  return host.registry;
+}
+
+function modelOf(registry: NonNullable<ModelHost['registry']>, name: string | undefined): ServedModel {
+  const model = registry.get(name);
+  if (!model) throw new ServiceError('MODEL_NOT_FOUND', `no model named ${JSON.stringify(name)}; available: ${registry.names.join(', ')}`);
+  return model;
+}
+
+/** The batcher would refuse these samples now: say so before reading or decoding anything more. */
+function admit(model: ServedModel, samples: number, maxQueueSize: number): void {
+  const b = model.batcher;
+  if (samples > maxQueueSize) throw toServiceError(new BatchTooLargeError(`${samples} samples is more than the queue holds (${maxQueueSize}); split the request`));
+  if (b.waitingSamples + samples > maxQueueSize) throw toServiceError(new QueueFullError(b.waitingSamples, b.retryAfter(samples)));
 }
 
 export default async function decodeRoutes(app: FastifyInstance): Promise<void> {
@@ -39,9 +62,7 @@ export default async function decodeRoutes(app: FastifyInstance): Promise<void> 
     let samples = 0;
     const done = (outcome: Outcome, format?: DecodeEvent['format']): void =>
       app.metrics.onDecode({ model: modelName, outcome, seconds: (performance.now() - start) / 1000, timings, samples, format });
-    if (host.draining) throw new ServiceError('SHUTTING_DOWN', 'the service is shutting down; retry on another replica');
-    const registry = host.registry;
-    if (!registry) throw new ServiceError('NOT_READY', 'the models are still loading; retry shortly');
+    const registry = registryOf(host);
 
     const controller = new AbortController();
     const onClose = (): void => {
@@ -54,15 +75,14 @@ export default async function decodeRoutes(app: FastifyInstance): Promise<void> 
       const deadline = start + timeoutMs(req, cfg.requestTimeoutMs);
       timer = setTimeout(() => controller.abort(new DeadlineError('the request did not finish before its deadline')), deadline - performance.now());
 
-      const body = parseBody(bodyKind(req.headers['content-type']), req.body as Buffer | undefined, req.query as Record<string, unknown>);
-      const model = registry.get(body.options.model);
-      if (!model) {
-        throw new ServiceError('MODEL_NOT_FOUND', `no model named ${JSON.stringify(body.options.model)}; available: ${registry.names.join(', ')}`);
-      }
+      const wire = readBody(bodyKind(req.headers['content-type']), req.body as Buffer | undefined, req.query as Record<string, unknown>);
+      const opts = wire.options;
+      const model = modelOf(registry, opts.model);
       modelName = model.name;
-      const opts = body.options;
-      const tensor = toDecoderSpace(body, model);
-      samples = tensor.shape[0];
+      const plan = planLatents(wire, model);
+      samples = plan.shape[0];
+      admit(model, samples, cfg.maxQueueSize);
+      const tensor = await toDecoderSpace(plan, await wire.bytes());
       timings.parse = performance.now() - start;
 
       const wantsFloat = opts.outputType === 'tensor' && !opts.partialPostprocess;
