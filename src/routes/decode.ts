@@ -7,8 +7,8 @@ import { ServiceError, toServiceError } from '../errors.js';
 import { CONTENT_TYPES, encodeImage } from '../images/encode.js';
 import type { OutputName } from '../inference/protocol.js';
 import { toDecoderSpace } from '../latents/fuse.js';
-import { formatFromAccept } from '../latents/options.js';
-import { bodyKind, planLatents, readBody } from '../latents/parse.js';
+import { formatFromAccept, parseOptions } from '../latents/options.js';
+import { bodyKind, checkBytes, checkShape, planLatents, readBody } from '../latents/parse.js';
 import type { DecodeEvent, Outcome, StageTimings } from '../plugins/metrics.js';
 import type { ModelHost } from '../plugins/models.js';
 import { decodeSchema, documentOnly } from '../schemas.js';
@@ -55,7 +55,46 @@ export default async function decodeRoutes(app: FastifyInstance): Promise<void> 
   const cfg = app.config;
   const host = app.models;
 
-  app.post('/decode', { schema: decodeSchema, validatorCompiler: documentOnly }, async (req: FastifyRequest, reply: FastifyReply) => {
+  /**
+   * Before the body is read, from the query string and headers alone: a request the service will
+   * refuse (draining, loading, unknown model, full queue, a bad shape or byte count) is answered
+   * without reading, buffering or parsing its megabytes. The handler checks everything again.
+   */
+  async function precheck(req: FastifyRequest, reply: FastifyReply): Promise<void> {
+    const start = performance.now();
+    let model: ServedModel | undefined;
+    try {
+      const registry = registryOf(host);
+      timeoutMs(req, cfg.requestTimeoutMs);
+      const kind = bodyKind(req.headers['content-type']);
+      const query = req.query as Record<string, unknown>;
+      // A JSON body carries its options, the model among them: its checks wait for the fields
+      // (read without parsing the latents, see json-body.ts).
+      if (kind === 'json') return;
+      const opts = parseOptions(query);
+      model = modelOf(registry, opts.model);
+      const resolved = kind === 'raw' ? checkShape(opts, model) : undefined;
+      admit(model, resolved?.shape[0] ?? 1, cfg.maxQueueSize);
+      const length = req.headers['content-length'] === undefined ? undefined : Number(req.headers['content-length']);
+      if (length === 0) throw new ServiceError('EMPTY_BODY', 'the request body is empty: send the latents as raw bytes, a .npy file or JSON');
+      if (resolved && length !== undefined) checkBytes(opts, resolved.wireShape, length);
+    } catch (e) {
+      const err = toServiceError(e);
+      app.metrics.onDecode({ model: model?.name, outcome: outcomeOf(err.status), seconds: (performance.now() - start) / 1000, timings: {}, samples: 0 });
+      // Closing, not draining, the connection: Node would otherwise read the unread body to its end.
+      if (Number(req.headers['content-length'] ?? 1) > 0) reply.header('connection', 'close');
+      throw err;
+    }
+  }
+
+  app.post('/decode', {
+    schema: decodeSchema,
+    validatorCompiler: documentOnly,
+    preParsing: async (req, reply, payload) => {
+      await precheck(req, reply);
+      return payload;
+    },
+  }, async (req: FastifyRequest, reply: FastifyReply) => {
     const start = performance.now();
     const timings: StageTimings = {};
     let modelName: string | undefined;
