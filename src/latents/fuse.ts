@@ -1,12 +1,12 @@
 // The one pass over the latents: wire dtype → float32, NHWC or FLUX-packed order → NCHW, the
 // finiteness checks, and z = latents / scaling_factor + shift_factor, written once into the
-// decoder's input. One sample per step, yielding to the event loop between steps of about a
-// million values, so a large request never holds the loop for long.
+// decoder's input. One sample per step, yielding to the event loop after every quarter million
+// values or so (a few ms), so a large request never holds the loop for long, nor do several.
 import { ServiceError } from '../errors.js';
 import { halfFloatTable } from '../tensor/dtype.js';
 import type { LatentPlan, LatentTensor } from './parse.js';
 
-const YIELD_EVERY = 1 << 20;
+const YIELD_EVERY = 1 << 18;
 
 /** A failed check inside a sample: where (within the sample, in wire order) and which value. */
 interface Bad {

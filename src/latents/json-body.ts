@@ -10,7 +10,7 @@ export const MAX_JSON_FIELDS_BYTES = 64 * 1024;
 const MAX_DEPTH = 8;
 const MAX_KEY_BYTES = 256;
 /** Base64 characters decoded per event-loop turn (a multiple of 4: slices decode independently). */
-const B64_SLICE = 4 * 1024 * 1024;
+const B64_SLICE = 1024 * 1024;
 
 /** Characters of each end of the latents checked up front. */
 const SNIFF = 64 * 1024;
