@@ -113,6 +113,8 @@ export default async function decodeRoutes(app: FastifyInstance): Promise<void> 
       const registry = registryOf(host);
       timeoutMs(req, cfg.requestTimeoutMs);
       const kind = bodyKind(req.headers['content-type']);
+      const length = req.headers['content-length'] === undefined ? undefined : Number(req.headers['content-length']);
+      if (length !== undefined && length > (req.routeOptions.bodyLimit ?? Infinity)) throw new errorCodes.FST_ERR_CTP_BODY_TOO_LARGE();
       const query = req.query as Record<string, unknown>;
       // A JSON body carries its options, the model among them: its checks wait for the fields
       // (read without parsing the latents, see json-body.ts).
@@ -121,12 +123,13 @@ export default async function decodeRoutes(app: FastifyInstance): Promise<void> 
       model = modelOf(registry, opts.model);
       const resolved = kind === 'raw' ? checkShape(opts, model) : undefined;
       admit(model, resolved?.shape[0] ?? 1, cfg.maxQueueSize);
-      const length = req.headers['content-length'] === undefined ? undefined : Number(req.headers['content-length']);
       if (length === 0) throw new ServiceError('EMPTY_BODY', 'the request body is empty: send the latents as raw bytes, a .npy file or JSON');
       if (resolved && length !== undefined) checkBytes(opts, resolved.wireShape, length);
     } catch (e) {
-      const err = toServiceError(e);
-      app.metrics.onDecode({ model: model?.name, outcome: outcomeOf(err.status), seconds: (performance.now() - start) / 1000, timings: {}, samples: 0 });
+      // Fastify's body-limit error stays itself: the app's error handler words it.
+      const err = e instanceof errorCodes.FST_ERR_CTP_BODY_TOO_LARGE ? e : toServiceError(e);
+      const status = err instanceof ServiceError ? err.status : 413;
+      app.metrics.onDecode({ model: model?.name, outcome: outcomeOf(status), seconds: (performance.now() - start) / 1000, timings: {}, samples: 0 });
       // Closing, not draining, the connection: Node would otherwise read the unread body to its end.
       if (Number(req.headers['content-length'] ?? 1) > 0) reply.header('connection', 'close');
       throw err;
