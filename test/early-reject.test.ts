@@ -74,6 +74,11 @@ test('early reject: refusals answer before the body is read, and the connection 
     assert.equal(a.headers.connection, 'close', `${url}: the unread body is not drained`);
   }
 
+  // A small refused body is drained instead: the connection stays open for the next request.
+  const small = await app.inject({ method: 'POST', url: '/decode?model=sdxl', payload: Buffer.alloc(1024) });
+  assert.equal(small.statusCode, 404);
+  assert.notEqual(small.headers.connection, 'close');
+
   // A full queue: two samples wait for a batch (the queue delay is a minute), the limit is two.
   const model = registry.get(undefined)!;
   const waiting = new AbortController();

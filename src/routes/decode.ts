@@ -32,6 +32,9 @@ function timeoutMs(req: FastifyRequest, max: number): number {
   return Math.min(v, max); // shortens, never lengthens
 }
 
+/** Bytes of a refused request's unread body worth draining to keep its connection open. */
+const DRAIN_AT_MOST = 64 * 1024;
+
 function registryOf(host: ModelHost): NonNullable<ModelHost['registry']> {
   if (host.draining) throw new ServiceError('SHUTTING_DOWN', 'the service is shutting down; retry on another replica');
   if (!host.registry) throw new ServiceError('NOT_READY', 'the models are still loading; retry shortly');
@@ -130,8 +133,9 @@ export default async function decodeRoutes(app: FastifyInstance): Promise<void> 
       const err = e instanceof errorCodes.FST_ERR_CTP_BODY_TOO_LARGE ? e : toServiceError(e);
       const status = err instanceof ServiceError ? err.status : 413;
       app.metrics.onDecode({ model: model?.name, outcome: outcomeOf(status), seconds: (performance.now() - start) / 1000, timings: {}, samples: 0 });
-      // Closing, not draining, the connection: Node would otherwise read the unread body to its end.
-      if (Number(req.headers['content-length'] ?? 1) > 0) reply.header('connection', 'close');
+      // Closing, not draining, the connection: Node would otherwise read the unread body to its
+      // end. A small body costs less to drain than the client's reconnection.
+      if (Number(req.headers['content-length'] ?? Infinity) > DRAIN_AT_MOST) reply.header('connection', 'close');
       throw err;
     }
   }
