@@ -87,7 +87,10 @@ function collectBody(req: FastifyRequest, payload: NodeJS.ReadableStream, done: 
     received += chunk.length;
   };
   const onEnd = (err?: Error): void => {
-    if (err) return finish(Object.assign(err, { statusCode: 400 }));
+    if (err) {
+      const status = (err as { statusCode?: unknown }).statusCode;
+      return finish(Object.assign(err, { statusCode: typeof status === 'number' && status >= 400 ? status : 400 }));
+    }
     if (declared !== undefined && received !== declared) return finish(new errorCodes.FST_ERR_CTP_INVALID_CONTENT_LENGTH());
     finish(null, body.subarray(0, received));
   };
