@@ -52,7 +52,11 @@ const options = {
   model: { type: 'string', description: 'A served model name (GET /v1/models); default: the default model' },
   shape: {
     type: 'array', items: { type: 'integer', minimum: 1 }, minItems: 3, maxItems: 4,
-    description: '[N, C, h, w], or [C, h, w] for packed latents with height and width; repeated key (shape=1&shape=4&...) or "1,4,64,64". Optional for raw bytes: inferred from the model when the size is unambiguous',
+    description: '[N, C, h, w] ([N, h, w, C] with layout=nhwc) or [C, h, w]; with height and width, a 3-D shape is FLUX-packed latents [N, (H/16)·(W/16), 4C]. Repeated key (shape=1&shape=4&...) or "1,4,64,64"; decimal integers only. Optional for raw bytes: inferred from the model when the size is unambiguous',
+  },
+  layout: {
+    type: 'string', enum: ['nchw', 'nhwc'], default: 'nchw',
+    description: 'Memory order of the latents: nchw (channels first, PyTorch) or nhwc (channels last, Keras/JAX); shape is given in the same order. Not for packed latents',
   },
   dtype: { type: 'string', enum: [...WIRE_DTYPES], default: 'float32', description: 'Element type of the latents on the wire ("torch." prefix accepted)' },
   format: { type: 'string', enum: ['png', 'jpeg', 'jpg', 'webp'], description: 'Image format; default: from the Accept header, else png' },
@@ -66,8 +70,8 @@ const options = {
     description: 'pil/image: encoded images; pt/tensor: the raw tensor (application/octet-stream)',
   },
   partial_postprocess: { type: 'boolean', default: false, description: 'With output_type=pt: uint8 NHWC pixels instead of the float32 NCHW decoder output' },
-  height: { type: 'integer', minimum: 1, description: 'Image height in pixels, for packed latents' },
-  width: { type: 'integer', minimum: 1, description: 'Image width in pixels, for packed latents' },
+  height: { type: 'integer', minimum: 1, description: 'Image height in pixels: with width and a 3-D shape, the latents are FLUX-packed and unpacked as diffusers\' _unpack_latents does ((H/16)·(W/16) patches of 2x2, C = last dimension / 4)' },
+  width: { type: 'integer', minimum: 1, description: 'Image width in pixels, for packed latents (see height)' },
 } as const;
 
 const imagesBody = {
@@ -96,13 +100,17 @@ export const decodeSchema: FastifySchema = {
     'a NumPy .npy file (application/x-npy, application/npy, application/x-numpy; shape and dtype from its header) or JSON (base64 latents, the options as fields).',
     'One image answers with its bytes (image/png, image/jpeg or image/webp); several with JSON {images}; output_type=pt with the tensor bytes and `shape` and `dtype` headers.',
     'Without format, the first image type in the Accept header chooses.',
+    'Parsing is strict: numbers are decimal (no 1e0 or 0x10 where an integer goes), each option is given once (a repeated key, a JSON array where a value goes,',
+    'format and image_format disagreeing, or, with a JSON body, an option in the query string are a 400), an .npy body ends right after its data,',
+    'and the fields of a JSON body other than latents must be flat and under 64 KiB.',
+    'A request the service will refuse (unknown model, bad shape or byte count, full queue, draining) is answered from its query string and headers before its body is read, and the connection is closed.',
   ].join(' '),
   tags: ['decode'],
   querystring: { type: 'object', properties: options },
   headers: {
     type: 'object',
     properties: {
-      'x-request-timeout-ms': { type: 'number', exclusiveMinimum: 0, description: 'Shortens the request deadline (never beyond REQUEST_TIMEOUT_MS); 504 when it passes' },
+      'x-request-timeout-ms': { type: 'number', exclusiveMinimum: 0, description: 'Shortens the request deadline (never beyond REQUEST_TIMEOUT_MS); 504 when it passes. Decimal milliseconds only' },
       'x-request-id': { type: 'string', description: 'Echoed in the answer; generated when absent' },
     },
   },

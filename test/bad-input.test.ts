@@ -30,6 +30,8 @@ test('bad input: each mistake gets its status, code and a message naming it; a g
   withNan[1 * 256 + 2 * 16 + 3] = NaN;
   const withInf = sampleLatents(f, 0);
   withInf[5] = -Infinity;
+  const oneAt = new Float32Array(4 * 16 * 16);
+  oneAt[1 * 256 + 2 * 16 + 3] = 1.5;
   const raw = { 'content-type': 'application/octet-stream' };
   const json = { 'content-type': 'application/json' };
   const cases: Case[] = [
@@ -43,7 +45,7 @@ test('bad input: each mistake gets its status, code and a message naming it; a g
     { name: 'shape with zero', url: '/decode?shape=1,4,0,16', payload: good, headers: raw, status: 400, code: 'BAD_SHAPE', message: /positive integers/ },
     { name: 'shape with 2 dims', url: '/decode?shape=64,64', payload: good, headers: raw, status: 400, code: 'BAD_SHAPE', message: /4 dimensions/ },
     { name: 'raw bytes, no shape, not square', payload: good.subarray(0, 4 * 96), headers: raw, status: 400, code: 'BAD_SHAPE', message: /pass shape/ },
-    { name: 'channels vs model', url: '/decode?shape=1,16,8,8', payload: good, headers: raw, status: 400, code: 'CHANNEL_MISMATCH', message: /16 channels but model torch-export takes 4/ },
+    { name: 'channels vs model', url: '/decode?shape=1,16,8,8', payload: good, headers: raw, status: 400, code: 'CHANNEL_MISMATCH', message: /16 channels but model torch-export takes 4: shape \[1, 16, 8, 8\] read as NCHW has 16 channels, read as NHWC 8$/ },
     { name: 'latent side over the maximum', url: '/decode?shape=1,4,8,64', payload: Buffer.alloc(4 * 4 * 8 * 64), headers: raw, status: 400, code: 'LATENT_TOO_LARGE', message: /8x64 is over the maximum side of 32/ },
     { name: 'NaN, located', url: '/decode?shape=1,4,16,16', payload: bytesOf(withNan), headers: raw, status: 400, code: 'NON_FINITE', message: /NaN at \[0, 1, 2, 3\]/ },
     { name: 'Infinity, located', url: '/decode?shape=1,4,16,16', payload: bytesOf(withInf), headers: raw, status: 400, code: 'NON_FINITE', message: /-Infinity at \[0, 0, 0, 5\]/ },
@@ -61,7 +63,37 @@ test('bad input: each mistake gets its status, code and a message naming it; a g
     { name: 'npy truncated data', payload: encodeNpy({ dtype: '<f4', shape: [1, 4, 16, 16], data: sampleLatents(f, 0) }).subarray(0, 1000), headers: { 'content-type': 'application/x-npy' }, status: 400, code: 'BAD_NPY', message: /needs 4096 data bytes|4096 bytes/ },
     { name: 'unknown model', url: '/decode?model=sdxl', payload: good, headers: raw, status: 404, code: 'MODEL_NOT_FOUND', message: /sdxl.*torch-export/ },
     { name: 'bad timeout header', url: '/decode', payload: good, headers: { ...raw, 'x-request-timeout-ms': '-5' }, status: 400, code: 'BAD_PARAMETER', message: /X-Request-Timeout-Ms/ },
-    { name: 'packed latents', url: '/decode?shape=1,256,64&height=128&width=128', payload: Buffer.alloc(4 * 256 * 64), headers: raw, status: 400, code: 'BAD_SHAPE', message: /packed/ },
+    { name: 'packed latents, patches vs height and width', url: '/decode?shape=1,256,16&height=128&width=128', payload: Buffer.alloc(4 * 256 * 16), headers: raw, status: 400, code: 'BAD_SHAPE', message: /packed latents \[1, 256, 16\] with height 128 and width 128: \(128\/16\)·\(128\/16\) = 8·8 = 64 patches, but dimension 1 is 256/ },
+    { name: 'packed latents, channels vs model', url: '/decode?shape=1,64,64&height=128&width=128', payload: Buffer.alloc(4 * 64 * 64), headers: raw, status: 400, code: 'CHANNEL_MISMATCH', message: /carry 16 channels \(last dimension 64 = 4 × 16\) but model torch-export takes 4/ },
+    { name: 'packed latents, last dimension not 4 × channels', url: '/decode?shape=1,64,18&height=128&width=128', payload: Buffer.alloc(4 * 64 * 18), headers: raw, status: 400, code: 'BAD_SHAPE', message: /last dimension 18 is not 4 × channels/ },
+    { name: 'packed latents, height without width', url: '/decode?shape=1,64,16&height=128', payload: Buffer.alloc(4 * 64 * 16), headers: raw, status: 400, code: 'BAD_PARAMETER', message: /need both height and width/ },
+    // Strict numbers: decimal integers only, one value per option.
+    { name: 'shape in exponent notation', url: '/decode?shape=1e0,4,16,16', payload: good, headers: raw, status: 400, code: 'BAD_SHAPE', message: /"1e0" is not one/ },
+    { name: 'shape in hex', url: '/decode?shape=0x1,4,16,16', payload: good, headers: raw, status: 400, code: 'BAD_SHAPE', message: /"0x1" is not one/ },
+    { name: 'height in hex', url: '/decode?shape=1,4,16,16&height=0x10&width=16', payload: good, headers: raw, status: 400, code: 'BAD_PARAMETER', message: /height="0x10" is not valid: expected a positive decimal integer/ },
+    { name: 'quality in exponent notation', url: '/decode?shape=1,4,16,16&format=jpeg&quality=1e1', payload: good, headers: raw, status: 400, code: 'BAD_PARAMETER', message: /quality="1e1" is not valid/ },
+    { name: 'scaling factor in hex', url: '/decode?shape=1,4,16,16&scaling_factor=0x1', payload: good, headers: raw, status: 400, code: 'BAD_PARAMETER', message: /scaling_factor="0x1" is not valid/ },
+    { name: 'timeout header in hex', url: '/decode?shape=1,4,16,16', payload: good, headers: { ...raw, 'x-request-timeout-ms': '0x10' }, status: 400, code: 'BAD_PARAMETER', message: /X-Request-Timeout-Ms "0x10"/ },
+    { name: 'format and image_format disagree', url: '/decode?shape=1,4,16,16&format=png&image_format=jpg', payload: good, headers: raw, status: 400, code: 'BAD_PARAMETER', message: /format="png" and image_format="jpg" disagree/ },
+    { name: 'an option given twice', url: '/decode?shape=1,4,16,16&dtype=float32&dtype=float16', payload: good, headers: raw, status: 400, code: 'BAD_PARAMETER', message: /dtype was given 2 times \("float32", "float16"\)/ },
+    { name: 'JSON option also in the query string', url: '/decode?shape=1,4,8,8', payload: JSON.stringify({ latents: good.toString('base64'), shape: [1, 4, 16, 16] }), headers: json, status: 400, code: 'BAD_PARAMETER', message: /shape is given both in the query string \("1,4,8,8"\) and in the JSON body \(\[1,4,16,16\]\)/ },
+    { name: 'JSON body, option in the query string only', url: '/decode?scaling_factor=1', payload: JSON.stringify({ latents: good.toString('base64'), shape: [1, 4, 16, 16] }), headers: json, status: 400, code: 'BAD_PARAMETER', message: /scaling_factor is in the query string/ },
+    { name: 'JSON field given twice', payload: `{"latents": "${good.toString('base64')}", "dtype": "float32", "dtype": "float16"}`, headers: json, status: 400, code: 'BAD_PARAMETER', message: /gives "dtype" twice/ },
+    { name: 'JSON array where a string goes', payload: JSON.stringify({ latents: good.toString('base64'), shape: [1, 4, 16, 16], dtype: ['float32'] }), headers: json, status: 400, code: 'BAD_PARAMETER', message: /dtype must be a single value, not the array \["float32"\]/ },
+    { name: 'JSON number where a string goes', payload: JSON.stringify({ latents: good.toString('base64'), shape: [1, 4, 16, 16], model: 7 }), headers: json, status: 400, code: 'BAD_PARAMETER', message: /model must be a string, not 7/ },
+    { name: 'JSON array body', payload: '[1, 2, 3]', headers: json, status: 400, code: 'BAD_JSON', message: /must be an object .*not an array/ },
+    { name: 'JSON fields beside latents over 64 KiB', payload: JSON.stringify({ latents: good.toString('base64'), shape: [1, 4, 16, 16], note: 'x'.repeat(70_000) }), headers: json, status: 400, code: 'BAD_JSON', message: /other than "latents" take more than 65536 bytes/ },
+    { name: 'JSON nested deeply', payload: JSON.stringify({ latents: good.toString('base64'), shape: [1, 4, 16, 16], x: [[[[[[[[[1]]]]]]]]] }), headers: json, status: 400, code: 'BAD_JSON', message: /nests deeper than 8 levels/ },
+    { name: 'JSON latents not a string', payload: JSON.stringify({ latents: [1, 2, 3], shape: [1, 4, 16, 16] }), headers: json, status: 400, code: 'BAD_JSON', message: /"latents": a base64 string/ },
+    { name: 'npy trailing bytes', payload: Buffer.concat([encodeNpy({ dtype: '<f4', shape: [1, 4, 16, 16], data: sampleLatents(f, 0) }), Buffer.alloc(16)]), headers: { 'content-type': 'application/x-npy' }, status: 400, code: 'BAD_NPY', message: /has 16 bytes after its data: shape \(1, 4, 16, 16\) <f4 needs 4096 data bytes, got 4112/ },
+    { name: 'npy shape vs query shape', url: '/decode?shape=1,4,8,8', payload: encodeNpy({ dtype: '<f4', shape: [1, 4, 16, 16], data: sampleLatents(f, 0) }), headers: { 'content-type': 'application/x-npy' }, status: 400, code: 'BAD_PARAMETER', message: /shape=1,4,8,8 in the query string disagrees with the .npy header's shape \(1, 4, 16, 16\)/ },
+    // Latents finite on the wire that scaling pushes out of float32.
+    { name: 'scaling factor overflows', url: '/decode?shape=1,4,16,16&scaling_factor=1e-45', payload: bytesOf(oneAt), headers: raw, status: 400, code: 'NON_FINITE', message: /scaling_factor=1e-45 and shift_factor=0 \(the model's\) turn the latent 1.5 at \[0, 1, 2, 3\] \(flat index 291\) into Infinity/ },
+    { name: 'shift factor overflows', url: '/decode?shape=1,4,16,16&shift_factor=1e308', payload: good, headers: raw, status: 400, code: 'NON_FINITE', message: /scaling_factor=0.18215 \(the model's\) and shift_factor=1e\+308 turn the latent .* at \[0, 0, 0, 0\] \(flat index 0\) into Infinity/ },
+    // Layouts: a channel count that fits neither reading names both.
+    { name: 'bad layout', url: '/decode?shape=1,4,16,16&layout=hwc', payload: good, headers: raw, status: 400, code: 'BAD_PARAMETER', message: /layout "hwc" is not supported/ },
+    { name: 'channels fit the other layout', url: '/decode?shape=1,8,8,4', payload: Buffer.alloc(4 * 8 * 8 * 4), headers: raw, status: 400, code: 'CHANNEL_MISMATCH', message: /read as NCHW has 8 channels, read as NHWC 4: pass layout=nhwc/ },
+    { name: 'channels fit neither layout', url: '/decode?shape=1,8,8,8&layout=nhwc', payload: Buffer.alloc(4 * 8 * 8 * 8), headers: raw, status: 400, code: 'CHANNEL_MISMATCH', message: /8 channels but model torch-export takes 4: shape \[1, 8, 8, 8\] read as NHWC has 8 channels, read as NCHW 8$/ },
   ];
   for (const c of cases) {
     const res = await app.inject({ method: 'POST', url: c.url ?? '/decode', headers: c.headers, payload: c.payload });

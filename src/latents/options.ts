@@ -6,6 +6,10 @@ import { WIRE_DTYPES, type WireDtype } from '../tensor/dtype.js';
 
 export type ImageFormat = 'png' | 'jpeg' | 'webp';
 export type OutputType = 'image' | 'tensor';
+/** The latents' memory order: channels first (PyTorch) or channels last (Keras, JAX). */
+export type Layout = 'nchw' | 'nhwc';
+/** Where options come from: the query string (binary bodies) or the JSON body's fields. */
+export type OptionSource = 'query' | 'json';
 
 export interface DecodeOptions {
   model?: string;
@@ -19,41 +23,71 @@ export interface DecodeOptions {
   doScaling: boolean;
   outputType: OutputType;
   partialPostprocess: boolean;
+  layout: Layout;
+  /** Image height in pixels; with width and a 3-D shape, the latents are FLUX-packed. */
+  height?: number;
+  width?: number;
   packed: boolean;
 }
+
+/** Every option name: with a JSON body, none of them may also come in the query string. */
+export const OPTION_NAMES = [
+  'model', 'shape', 'dtype', 'format', 'image_format', 'quality', 'scaling_factor', 'shift_factor', 'do_scaling',
+  'output_type', 'partial_postprocess', 'layout', 'height', 'width',
+] as const;
 
 type Raw = unknown;
 
 const FORMATS: Record<string, ImageFormat> = { png: 'png', jpeg: 'jpeg', jpg: 'jpeg', webp: 'webp' };
 const OUTPUT_TYPES: Record<string, OutputType> = { pil: 'image', image: 'image', pt: 'tensor', tensor: 'tensor' };
+const LAYOUTS: Record<string, Layout> = { nchw: 'nchw', nhwc: 'nhwc' };
 const TRUE = new Set(['true', 'True', '1']);
 const FALSE = new Set(['false', 'False', '0']);
+// Decimal only: Number() would also accept '0x10', '0b1', '1e1' for an integer and ' 5 ' or ''.
+const DECIMAL_INT = /^\d{1,15}$/;
+const DECIMAL_NUMBER = /^[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?$/;
 
-function one(name: string, v: Raw): string | undefined {
+const show = (v: unknown): string => JSON.stringify(v) ?? String(v);
+
+/** One scalar value: a repeated query key or a JSON array is a mistake, not a list to pick from. */
+function scalar(name: string, v: Raw, from: OptionSource): string | number | boolean | undefined {
   if (v === undefined || v === null) return undefined;
   if (Array.isArray(v)) {
-    if (v.length !== 1) throw new ServiceError('BAD_PARAMETER', `${name} was given ${v.length} times; give it once`);
-    return one(name, v[0]);
+    if (from === 'query') throw new ServiceError('BAD_PARAMETER', `${name} was given ${v.length} times (${v.map(show).join(', ')}); give it once`);
+    throw new ServiceError('BAD_PARAMETER', `${name} must be a single value, not the array ${show(v)}`);
   }
-  if (typeof v === 'string' || typeof v === 'number' || typeof v === 'boolean') return String(v);
-  throw new ServiceError('BAD_PARAMETER', `${name} must be a string, number or boolean`);
+  if (typeof v === 'string' || typeof v === 'number' || typeof v === 'boolean') return v;
+  throw new ServiceError('BAD_PARAMETER', `${name} must be a string, number or boolean, not ${show(v)}`);
 }
 
-function bool(name: string, v: Raw, def: boolean): boolean {
-  const s = one(name, v);
+function str(name: string, v: Raw, from: OptionSource): string | undefined {
+  const s = scalar(name, v, from);
+  if (s === undefined || typeof s === 'string') return s;
+  throw new ServiceError('BAD_PARAMETER', `${name} must be a string, not ${show(s)}`);
+}
+
+function bool(name: string, v: Raw, from: OptionSource, def: boolean): boolean {
+  const s = scalar(name, v, from);
   if (s === undefined) return def;
-  if (TRUE.has(s)) return true;
-  if (FALSE.has(s)) return false;
-  throw new ServiceError('BAD_PARAMETER', `${name}=${JSON.stringify(s)} is not a boolean: use true/false/True/False/1/0`);
+  if (typeof s === 'boolean') return s;
+  if (TRUE.has(String(s))) return true;
+  if (FALSE.has(String(s))) return false;
+  throw new ServiceError('BAD_PARAMETER', `${name}=${show(s)} is not a boolean: use true/false/True/False/1/0`);
 }
 
-function num(name: string, v: Raw, check: (x: number) => boolean, expected: string): number | undefined {
-  const s = one(name, v);
+function num(name: string, v: Raw, from: OptionSource, integer: boolean, check: (x: number) => boolean, expected: string): number | undefined {
+  const s = scalar(name, v, from);
   if (s === undefined || s === '') return undefined;
+  const bad = (): ServiceError => new ServiceError('BAD_PARAMETER', `${name}=${show(s)} is not valid: expected ${expected}`);
+  if (typeof s === 'boolean') throw bad();
+  if (typeof s === 'string' && !(integer ? DECIMAL_INT : DECIMAL_NUMBER).test(s)) throw bad();
   const x = Number(s);
-  if (!Number.isFinite(x) || !check(x)) throw new ServiceError('BAD_PARAMETER', `${name}=${JSON.stringify(s)} is not valid: expected ${expected}`);
+  if (!Number.isFinite(x) || (integer && !Number.isSafeInteger(x)) || !check(x)) throw bad();
   return x;
 }
+
+const positiveInt = (name: string, v: Raw, from: OptionSource): number | undefined =>
+  num(name, v, from, true, (x) => x > 0, 'a positive decimal integer');
 
 /** `1,4,64,64`, `[1, 4, 64, 64]`, a repeated key (`shape=1&shape=4&...`) or a JSON array. */
 export function parseShape(v: Raw): number[] | undefined {
@@ -61,14 +95,14 @@ export function parseShape(v: Raw): number[] | undefined {
   let parts: unknown[];
   if (Array.isArray(v)) parts = v.length === 1 && typeof v[0] === 'string' ? splitShape(v[0]) : v;
   else if (typeof v === 'string') parts = splitShape(v);
-  else throw new ServiceError('BAD_SHAPE', `shape must be a list like [1, 4, 64, 64], got ${JSON.stringify(v)}`);
-  const dims = parts.map((p) => (typeof p === 'string' && p.trim() !== '' ? Number(p) : p));
-  if (dims.length !== 3 && dims.length !== 4) {
-    throw new ServiceError('BAD_SHAPE', `shape ${JSON.stringify(v)} must have 4 dimensions [N, C, h, w] or 3 [C, h, w]`);
+  else throw new ServiceError('BAD_SHAPE', `shape must be a list like [1, 4, 64, 64], got ${show(v)}`);
+  if (parts.length !== 3 && parts.length !== 4) {
+    throw new ServiceError('BAD_SHAPE', `shape ${show(v)} must have 4 dimensions [N, C, h, w] or 3 [C, h, w]`);
   }
+  const dims = parts.map((p) => (typeof p === 'string' && DECIMAL_INT.test(p) ? Number(p) : p));
   for (const d of dims) {
-    if (typeof d !== 'number' || !Number.isInteger(d) || d < 1) {
-      throw new ServiceError('BAD_SHAPE', `shape ${JSON.stringify(v)} must hold positive integers`);
+    if (typeof d !== 'number' || !Number.isSafeInteger(d) || d < 1) {
+      throw new ServiceError('BAD_SHAPE', `shape ${show(v)} must hold positive integers, written in decimal; ${show(d)} is not one`);
     }
   }
   return dims as number[];
@@ -78,48 +112,88 @@ function splitShape(s: string): string[] {
   return s.trim().replace(/^[[(]|[\])]$/g, '').split(',').map((p) => p.trim()).filter((p) => p !== '');
 }
 
-export function parseDtype(v: Raw): WireDtype {
-  const s = one('dtype', v);
+export function parseDtype(v: Raw, from: OptionSource = 'query'): WireDtype {
+  const s = str('dtype', v, from);
   if (s === undefined) return 'float32';
   const d = s.replace(/^torch\./, '');
   if (!(WIRE_DTYPES as readonly string[]).includes(d)) {
-    throw new ServiceError('UNKNOWN_DTYPE', `dtype ${JSON.stringify(s)} is not supported: use ${WIRE_DTYPES.join(', ')}`);
+    throw new ServiceError('UNKNOWN_DTYPE', `dtype ${show(s)} is not supported: use ${WIRE_DTYPES.join(', ')}`);
   }
   return d as WireDtype;
 }
 
-function format(name: string, v: Raw): ImageFormat | undefined {
-  const s = one(name, v);
+function format(name: string, v: Raw, from: OptionSource): ImageFormat | undefined {
+  const s = str(name, v, from);
   if (s === undefined) return undefined;
   const f = FORMATS[s.toLowerCase()];
-  if (!f) throw new ServiceError('UNKNOWN_FORMAT', `${name} ${JSON.stringify(s)} is not supported: use png, jpeg (jpg) or webp`);
+  if (!f) throw new ServiceError('UNKNOWN_FORMAT', `${name} ${show(s)} is not supported: use png, jpeg (jpg) or webp`);
   return f;
 }
 
+/** format and image_format are one option under two names: two different values are a conflict. */
+function imageFormat(src: Record<string, Raw>, from: OptionSource): ImageFormat | undefined {
+  const a = format('format', src.format, from);
+  const b = format('image_format', src.image_format, from);
+  if (a && b && a !== b) {
+    throw new ServiceError('BAD_PARAMETER', `format=${show(src.format)} and image_format=${show(src.image_format)} disagree; give one`);
+  }
+  return a ?? b;
+}
+
+function layout(v: Raw, from: OptionSource): Layout {
+  const s = str('layout', v, from);
+  if (s === undefined || s === '') return 'nchw';
+  const l = LAYOUTS[s.toLowerCase()];
+  if (!l) throw new ServiceError('BAD_PARAMETER', `layout ${show(s)} is not supported: use nchw (channels first, the default) or nhwc (channels last)`);
+  return l;
+}
+
 /** Reads options from a flat record: the query string or the JSON body's fields. */
-export function parseOptions(src: Record<string, Raw>): DecodeOptions {
-  const ot = one('output_type', src.output_type);
+export function parseOptions(src: Record<string, Raw>, from: OptionSource = 'query'): DecodeOptions {
+  const ot = str('output_type', src.output_type, from);
   const outputType = ot === undefined ? 'image' : OUTPUT_TYPES[ot];
   if (!outputType) {
-    throw new ServiceError('BAD_PARAMETER', `output_type ${JSON.stringify(ot)} is not supported: use pil/image (encoded images) or pt/tensor (raw tensor)`);
+    throw new ServiceError('BAD_PARAMETER', `output_type ${show(ot)} is not supported: use pil/image (encoded images) or pt/tensor (raw tensor)`);
   }
   const shape = parseShape(src.shape);
-  const height = num('height', src.height, (x) => Number.isInteger(x) && x > 0, 'a positive integer');
-  const width = num('width', src.width, (x) => Number.isInteger(x) && x > 0, 'a positive integer');
-  const model = one('model', src.model);
-  return {
+  const height = positiveInt('height', src.height, from);
+  const width = positiveInt('width', src.width, from);
+  const model = str('model', src.model, from);
+  const opts: DecodeOptions = {
     model: model === '' ? undefined : model,
     shape,
-    dtype: parseDtype(src.dtype),
-    format: format('format', src.format) ?? format('image_format', src.image_format),
-    quality: num('quality', src.quality, (x) => Number.isInteger(x) && x >= 1 && x <= 100, 'an integer from 1 to 100'),
-    scalingFactor: num('scaling_factor', src.scaling_factor, (x) => x !== 0, 'a non-zero number'),
-    shiftFactor: num('shift_factor', src.shift_factor, () => true, 'a number'),
-    doScaling: bool('do_scaling', src.do_scaling, true),
+    dtype: parseDtype(src.dtype, from),
+    format: imageFormat(src, from),
+    quality: num('quality', src.quality, from, true, (x) => x >= 1 && x <= 100, 'a decimal integer from 1 to 100'),
+    scalingFactor: num('scaling_factor', src.scaling_factor, from, false, (x) => x !== 0, 'a non-zero decimal number'),
+    shiftFactor: num('shift_factor', src.shift_factor, from, false, () => true, 'a decimal number'),
+    doScaling: bool('do_scaling', src.do_scaling, from, true),
     outputType,
-    partialPostprocess: bool('partial_postprocess', src.partial_postprocess, false),
+    partialPostprocess: bool('partial_postprocess', src.partial_postprocess, from, false),
+    layout: layout(src.layout, from),
+    height,
+    width,
     packed: shape?.length === 3 && height !== undefined && width !== undefined,
   };
+  if (shape?.length === 3 && (height === undefined) !== (width === undefined)) {
+    throw new ServiceError('BAD_PARAMETER', `packed latents need both height and width (pixels); got only ${height === undefined ? 'width' : 'height'}`);
+  }
+  if (opts.packed && opts.layout !== 'nchw') {
+    throw new ServiceError('BAD_PARAMETER', 'layout=nhwc does not apply to packed latents [N, (H/16)(W/16), 4C]: leave it out');
+  }
+  return opts;
+}
+
+/** With a JSON body the options are its fields: the same option in the query string is a conflict. */
+export function rejectQueryOptions(query: Record<string, Raw>, fields?: Record<string, Raw>): void {
+  for (const name of OPTION_NAMES) {
+    if (query[name] === undefined) continue;
+    if (fields?.[name] !== undefined) {
+      throw new ServiceError('BAD_PARAMETER',
+        `${name} is given both in the query string (${show(query[name])}) and in the JSON body (${show(fields[name])}): with a JSON body, give options as JSON fields only`);
+    }
+    throw new ServiceError('BAD_PARAMETER', `${name} is in the query string (${show(query[name])}): with a JSON body, give options as JSON fields only`);
+  }
 }
 
 const ACCEPT: [RegExp, ImageFormat][] = [[/image\/png/, 'png'], [/image\/jpe?g/, 'jpeg'], [/image\/webp/, 'webp']];

@@ -1,27 +1,52 @@
-// Request body → a typed latent tensor. Three encodings: raw little-endian bytes (octet-stream,
-// tensor/binary or no Content-Type, as Python `requests.post(url, data=bytes)` sends), a NumPy
-// .npy file, and JSON with base64 latents. Then validation against the model and the move into
-// decoder space: z = latents / scaling_factor + shift_factor.
+// Request body → latents. Three encodings: raw little-endian bytes (octet-stream, tensor/binary or
+// no Content-Type, as Python `requests.post(url, data=bytes)` sends), a NumPy .npy file, and JSON
+// with base64 latents. Reading a body is cheap: options, the .npy header, the JSON fields; the
+// bulk (base64, float conversion, scaling) waits until the plan has been checked against the
+// model, and is then one pass in fuse.ts.
 import { ServiceError } from '../errors.js';
-import { BYTES_PER_ELEMENT, halfBitsToFloat32, toFloat32, type WireDtype } from '../tensor/dtype.js';
-import { parseNpy, type NpyArray, type NpyDtype } from '../tensor/npy.js';
-import { parseDtype, parseOptions, parseShape, type DecodeOptions } from './options.js';
+import { BYTES_PER_ELEMENT, type WireDtype } from '../tensor/dtype.js';
+import { parseNpyHeader, type NpyDtype, type NpyHeader } from '../tensor/npy.js';
+import { scanJsonBody } from './json-body.js';
+import { parseOptions, rejectQueryOptions, type DecodeOptions } from './options.js';
 
 export type BodyKind = 'raw' | 'npy' | 'json';
 
-export interface ParsedBody {
-  /** Wire values, converted to float32, not yet scaled. */
-  values: Float32Array;
-  /** Unset when the body did not say (raw bytes without a shape): resolved against the model. */
-  shape?: number[];
-  byteLength: number;
+/** The latents as sent: what the options and headers say, the bytes not yet decoded. */
+export interface WireLatents {
   options: DecodeOptions;
+  /** The wire bytes' count, known before they are decoded. */
+  byteLength: number;
+  bytes(): Promise<Uint8Array>;
 }
 
 export interface LatentTensor {
   /** Decoder-space values, NCHW. */
   data: Float32Array;
   shape: [number, number, number, number];
+}
+
+export interface ModelLimits {
+  name: string;
+  channels: number;
+  scalingFactor: number;
+  shiftFactor: number;
+  maxLatentSide: number;
+}
+
+/** How the wire elements are ordered: NCHW, NHWC, or FLUX-packed [N, (H/16)(W/16), 4C]. */
+export type WireOrder = 'nchw' | 'nhwc' | 'packed';
+
+/** The latents checked against a model: how to read them and what comes out. */
+export interface LatentPlan {
+  options: DecodeOptions;
+  dtype: WireDtype;
+  order: WireOrder;
+  /** The shape as sent, with N: [N, C, h, w], [N, h, w, C] or [N, L, 4C]. */
+  wireShape: number[];
+  /** The decoder input, NCHW. */
+  shape: [number, number, number, number];
+  scale: number;
+  shift: number;
 }
 
 const RAW_TYPES = new Set(['', 'application/octet-stream', 'tensor/binary', 'binary/octet-stream']);
@@ -36,127 +61,137 @@ export function bodyKind(contentType: string | undefined): BodyKind {
     `Content-Type ${JSON.stringify(t)} is not supported: send application/octet-stream (or no Content-Type), application/x-npy or application/json`);
 }
 
-export function parseBody(kind: BodyKind, body: Buffer | undefined, query: Record<string, unknown>): ParsedBody {
+export function readBody(kind: BodyKind, body: Buffer | undefined, query: Record<string, unknown>): WireLatents {
   if (!body || body.length === 0) {
     throw new ServiceError('EMPTY_BODY', 'the request body is empty: send the latents as raw bytes, a .npy file or JSON');
   }
   switch (kind) {
-    case 'raw': return fromBytes(body, parseOptions(query));
-    case 'npy': return parseNpyBody(body, query);
-    case 'json': return parseJson(body);
-  }
-}
-
-function fromBytes(bytes: Uint8Array, options: DecodeOptions): ParsedBody {
-  const bpe = BYTES_PER_ELEMENT[options.dtype];
-  if (options.shape) {
-    const want = options.shape.reduce((a, b) => a * b, 1) * bpe;
-    if (want !== bytes.byteLength) {
-      throw new ServiceError('SIZE_MISMATCH',
-        `shape ${options.shape.join('x')} ${options.dtype} needs ${want} bytes, got ${bytes.byteLength}`);
+    case 'raw': return { options: parseOptions(query), byteLength: body.length, bytes: async () => body };
+    case 'npy': return readNpyBody(body, query);
+    case 'json': {
+      const json = scanJsonBody(body);
+      rejectQueryOptions(query, json.fields);
+      return { options: parseOptions(json.fields, 'json'), byteLength: json.byteLength, bytes: json.latents };
     }
-  } else if (bytes.byteLength % bpe !== 0) {
-    throw new ServiceError('SIZE_MISMATCH', `${bytes.byteLength} bytes is not a whole number of ${options.dtype} values (${bpe} bytes each)`);
   }
-  return { values: toFloat32(bytes, options.dtype), shape: options.shape, byteLength: bytes.byteLength, options };
 }
 
 const NPY_DTYPES: Partial<Record<NpyDtype, WireDtype>> = { '<f4': 'float32', '<f2': 'float16' };
 
-function parseNpyBody(buf: Buffer, query: Record<string, unknown>): ParsedBody {
-  let arr: NpyArray;
+function readNpyBody(buf: Buffer, query: Record<string, unknown>): WireLatents {
+  let header: NpyHeader;
   try {
-    arr = parseNpy(buf, 'the .npy body');
+    header = parseNpyHeader(buf, 'the .npy body');
   } catch (e) {
     throw new ServiceError('BAD_NPY', (e as Error).message);
   }
-  const dtype = NPY_DTYPES[arr.dtype];
-  if (!dtype) throw new ServiceError('BAD_NPY', `the .npy body holds ${arr.dtype}; send little-endian float32 (<f4) or float16 (<f2)`);
-  const shape = parseShape(arr.shape);
-  if (!shape) throw new ServiceError('BAD_NPY', 'the .npy body has an empty shape');
-  // Options still come from the query string; the header decides shape and dtype.
-  const options = { ...parseOptions({ ...query, shape: undefined, dtype: undefined }), shape, dtype };
-  // parseNpy already checked the length against the header and made an aligned copy: use it.
-  const values = arr.dtype === '<f4' ? (arr.data as Float32Array) : halfBitsToFloat32(arr.data as Uint16Array);
-  return { values, shape, byteLength: arr.data.byteLength, options };
+  const dtype = NPY_DTYPES[header.dtype];
+  if (!dtype) throw new ServiceError('BAD_NPY', `the .npy body holds ${header.dtype}; send little-endian float32 (<f4) or float16 (<f2)`);
+  if (header.shape.length === 0) throw new ServiceError('BAD_NPY', 'the .npy body has an empty shape');
+  // The header decides shape and dtype; the same option in the query string must agree with it.
+  const fromQuery = parseOptions(query);
+  if (query.shape !== undefined && fromQuery.shape?.join(',') !== header.shape.join(',')) {
+    throw new ServiceError('BAD_PARAMETER', `shape=${fromQuery.shape?.join(',')} in the query string disagrees with the .npy header's shape (${header.shape.join(', ')}): leave it out`);
+  }
+  if (query.dtype !== undefined && fromQuery.dtype !== dtype) {
+    throw new ServiceError('BAD_PARAMETER', `dtype=${fromQuery.dtype} in the query string disagrees with the .npy header's ${header.dtype} (${dtype}): leave it out`);
+  }
+  const options = parseOptions({ ...query, shape: header.shape, dtype });
+  const data = buf.subarray(header.dataStart);
+  return { options, byteLength: data.byteLength, bytes: async () => data };
 }
 
-const BASE64 = /^[A-Za-z0-9+/\-_]*={0,2}$/;
+const product = (xs: number[]): number => xs.reduce((a, b) => a * b, 1);
 
-function parseJson(buf: Buffer): ParsedBody {
-  let doc: unknown;
-  try {
-    doc = JSON.parse(buf.toString('utf8'));
-  } catch (e) {
-    throw new ServiceError('BAD_JSON', `the body is not valid JSON: ${(e as Error).message}`);
+/**
+ * Checks the shape the options give against the model: dimensions, channels, side. Undefined when
+ * no shape was given (raw bytes and JSON may leave it to the byte count).
+ */
+export function checkShape(o: DecodeOptions, model: ModelLimits): Omit<LatentPlan, 'options' | 'dtype' | 'scale' | 'shift'> | undefined {
+  const s = o.shape;
+  if (!s) return undefined;
+  let order: WireOrder;
+  let wireShape: number[];
+  let shape: [number, number, number, number];
+  if (o.packed) {
+    order = 'packed';
+    wireShape = s;
+    shape = unpackedShape(s, o.height!, o.width!, model);
+  } else {
+    order = o.layout;
+    wireShape = s.length === 3 ? [1, ...s] : s;
+    const [n, a, b, c] = wireShape as [number, number, number, number];
+    shape = order === 'nchw' ? [n, a, b, c] : [n, c, a, b];
+    checkChannels(s, o.layout, model);
   }
-  if (typeof doc !== 'object' || doc === null || Array.isArray(doc)) {
-    throw new ServiceError('BAD_JSON', 'the JSON body must be an object like {"latents": "<base64>", "shape": [1, 4, 64, 64]}');
-  }
-  const fields = doc as Record<string, unknown>;
-  const latents = fields.latents;
-  if (typeof latents !== 'string') {
-    throw new ServiceError('BAD_JSON', 'the JSON body needs "latents": a base64 string of the raw little-endian tensor bytes');
-  }
-  const b64 = latents.replace(/\s+/g, '');
-  if (b64.length === 0) throw new ServiceError('EMPTY_BODY', '"latents" is empty');
-  if (!BASE64.test(b64) || b64.length % 4 === 1) {
-    throw new ServiceError('BAD_BASE64', '"latents" is not valid base64');
-  }
-  parseDtype(fields.dtype);
-  return fromBytes(Buffer.from(b64, 'base64'), parseOptions(fields));
+  checkSide(shape, model);
+  return { order, wireShape, shape };
 }
 
-export interface ModelLimits {
-  name: string;
-  channels: number;
-  scalingFactor: number;
-  shiftFactor: number;
-  maxLatentSide: number;
-}
-
-/** Checks the latents against the model and moves them into decoder space, in place. */
-export function toDecoderSpace(body: ParsedBody, model: ModelLimits): LatentTensor {
-  const { options } = body;
-  if (options.packed) {
-    throw new ServiceError('BAD_SHAPE', 'packed latents (3-D with height and width) are not supported: send unpacked [N, C, h, w] latents');
+function unpackedShape(s: number[], height: number, width: number, model: ModelLimits): [number, number, number, number] {
+  const [n, patches, last] = s as [number, number, number];
+  const named = `packed latents [${s.join(', ')}] with height ${height} and width ${width}`;
+  // diffusers' _unpack_latents rounds the image size down to whole 2x2 patches of 8x latents.
+  const ph = Math.floor(height / 16);
+  const pw = Math.floor(width / 16);
+  if (ph < 1 || pw < 1) throw new ServiceError('BAD_SHAPE', `${named}: height and width must be at least 16 pixels`);
+  if (patches !== ph * pw) {
+    throw new ServiceError('BAD_SHAPE', `${named}: (${height}/16)·(${width}/16) = ${ph}·${pw} = ${ph * pw} patches, but dimension 1 is ${patches}`);
   }
-  const shape = resolveShape(body, model.channels);
-  const [, c, h, w] = shape;
+  if (last % 4 !== 0) throw new ServiceError('BAD_SHAPE', `${named}: the last dimension ${last} is not 4 × channels (2x2 patches)`);
+  const c = last / 4;
   if (c !== model.channels) {
-    throw new ServiceError('CHANNEL_MISMATCH', `the latents have ${c} channels but model ${model.name} takes ${model.channels}`);
+    throw new ServiceError('CHANNEL_MISMATCH', `${named} carry ${c} channels (last dimension ${last} = 4 × ${c}) but model ${model.name} takes ${model.channels}`);
   }
-  if (h > model.maxLatentSide || w > model.maxLatentSide) {
+  return [n, c, 2 * ph, 2 * pw];
+}
+
+function checkChannels(s: number[], layout: 'nchw' | 'nhwc', model: ModelLimits): void {
+  const first = s[s.length - 3]!;
+  const last = s[s.length - 1]!;
+  const [c, other, otherLayout] = layout === 'nchw' ? [first, last, 'nhwc'] : [last, first, 'nchw'];
+  if (c === model.channels) return;
+  const hint = other === model.channels ? `: pass layout=${otherLayout}` : '';
+  throw new ServiceError('CHANNEL_MISMATCH',
+    `the latents have ${c} channels but model ${model.name} takes ${model.channels}: shape [${s.join(', ')}] read as ${layout.toUpperCase()} has ${c} channels, read as ${otherLayout.toUpperCase()} ${other}${hint}`);
+}
+
+function checkSide([, , h, w]: number[], model: ModelLimits): void {
+  if (h! > model.maxLatentSide || w! > model.maxLatentSide) {
     throw new ServiceError('LATENT_TOO_LARGE', `latent size ${h}x${w} is over the maximum side of ${model.maxLatentSide} (${model.maxLatentSide * 8} px)`);
   }
-  const data = body.values;
-  // do_scaling=false means the client already scaled; dividing (not multiplying by the inverse)
-  // keeps the values bit-identical to diffusers' `latents / scaling_factor + shift_factor`.
-  const scale = options.doScaling ? (options.scalingFactor ?? model.scalingFactor) : 1;
-  const shift = options.doScaling ? (options.shiftFactor ?? model.shiftFactor) : 0;
-  for (let i = 0; i < data.length; i++) {
-    const v = data[i]!;
-    if (!Number.isFinite(v)) throw nonFinite(v, i, shape);
-    data[i] = v / scale + shift;
-  }
-  return { data, shape };
 }
 
-function resolveShape(body: ParsedBody, channels: number): [number, number, number, number] {
-  const s = body.shape;
-  if (s) return (s.length === 3 ? [1, ...s] : s) as [number, number, number, number];
-  const side = Math.sqrt(body.values.length / channels);
-  if (!Number.isInteger(side)) {
-    throw new ServiceError('BAD_SHAPE',
-      `no shape given and ${body.byteLength} bytes is not one square ${channels}-channel latent: pass shape, e.g. ?shape=1,${channels},64,64`);
+/** The wire byte count the shape needs against the one the body has. */
+export function checkBytes(o: DecodeOptions, wireShape: number[], byteLength: number): void {
+  const want = product(wireShape) * BYTES_PER_ELEMENT[o.dtype];
+  if (want !== byteLength) {
+    throw new ServiceError('SIZE_MISMATCH', `shape ${o.shape!.join('x')} ${o.dtype} needs ${want} bytes, got ${byteLength}`);
   }
-  return [1, channels, side, side];
 }
 
-function nonFinite(v: number, i: number, [, c, h, w]: number[]): ServiceError {
-  const x = i % w!;
-  const y = Math.floor(i / w!) % h!;
-  const ch = Math.floor(i / (w! * h!)) % c!;
-  const n = Math.floor(i / (w! * h! * c!));
-  return new ServiceError('NON_FINITE', `the latents hold ${v} at [${n}, ${ch}, ${y}, ${x}] (flat index ${i}); every value must be finite`);
+/** Every check that needs no latent value; the plan for fuse.ts. */
+export function planLatents(wire: WireLatents, model: ModelLimits): LatentPlan {
+  const o = wire.options;
+  const bpe = BYTES_PER_ELEMENT[o.dtype];
+  let resolved = checkShape(o, model);
+  if (resolved) checkBytes(o, resolved.wireShape, wire.byteLength);
+  else {
+    if (wire.byteLength % bpe !== 0) {
+      throw new ServiceError('SIZE_MISMATCH', `${wire.byteLength} bytes is not a whole number of ${o.dtype} values (${bpe} bytes each)`);
+    }
+    const c = model.channels;
+    const side = Math.sqrt(wire.byteLength / bpe / c);
+    if (!Number.isInteger(side)) {
+      throw new ServiceError('BAD_SHAPE',
+        `no shape given and ${wire.byteLength} bytes is not one square ${c}-channel latent: pass shape, e.g. ?shape=1,${c},64,64`);
+    }
+    const shape: LatentPlan['shape'] = [1, c, side, side];
+    checkSide(shape, model);
+    resolved = { order: o.layout, wireShape: o.layout === 'nchw' ? shape : [1, side, side, c], shape };
+  }
+  // do_scaling=false means the client already scaled.
+  const scale = o.doScaling ? (o.scalingFactor ?? model.scalingFactor) : 1;
+  const shift = o.doScaling ? (o.shiftFactor ?? model.shiftFactor) : 0;
+  return { ...resolved, options: o, dtype: o.dtype, scale, shift };
 }

@@ -1,15 +1,18 @@
 // POST /decode: HTTP only. The stages live in their modules: latents/parse (parse), the model's
 // batcher (queue), the inference worker (infer), images/encode (encode); this file wires them to
 // the request, its deadline and its connection.
-import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
-import { CancelledError, DeadlineError } from '../batching/batcher.js';
+import { errorCodes, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
+import { BatchTooLargeError, CancelledError, DeadlineError, QueueFullError } from '../batching/batcher.js';
 import { ServiceError, toServiceError } from '../errors.js';
 import { CONTENT_TYPES, encodeImage } from '../images/encode.js';
 import type { OutputName } from '../inference/protocol.js';
-import { formatFromAccept, type ImageFormat } from '../latents/options.js';
-import { bodyKind, parseBody, toDecoderSpace } from '../latents/parse.js';
+import { toDecoderSpace } from '../latents/fuse.js';
+import { formatFromAccept, parseOptions } from '../latents/options.js';
+import { bodyKind, checkBytes, checkShape, planLatents, readBody } from '../latents/parse.js';
 import type { DecodeEvent, Outcome, StageTimings } from '../plugins/metrics.js';
+import type { ModelHost } from '../plugins/models.js';
 import { decodeSchema, documentOnly } from '../schemas.js';
+import type { ServedModel } from '../serving/served-model.js';
 
 function outcomeOf(status: number): Outcome {
   if (status === 429) return 'rejected';
@@ -21,27 +24,140 @@ function outcomeOf(status: number): Outcome {
 function timeoutMs(req: FastifyRequest, max: number): number {
   const raw = req.headers['x-request-timeout-ms'];
   if (raw === undefined) return max;
-  const v = Number(raw);
-  if (typeof raw !== 'string' || !Number.isFinite(v) || v <= 0) {
+  // Decimal only: Number() would also read 0x10, 1e3 and an empty string.
+  const v = typeof raw === 'string' && /^\d+(\.\d+)?$/.test(raw) ? Number(raw) : NaN;
+  if (!Number.isFinite(v) || v <= 0) {
     throw new ServiceError('BAD_PARAMETER', `X-Request-Timeout-Ms ${JSON.stringify(raw)} is not a positive number of milliseconds`);
   }
   return Math.min(v, max); // shortens, never lengthens
 }
 
+/** Bytes of a refused request's unread body worth draining to keep its connection open. */
+const DRAIN_AT_MOST = 64 * 1024;
+
+function registryOf(host: ModelHost): NonNullable<ModelHost['registry']> {
+  if (host.draining) throw new ServiceError('SHUTTING_DOWN', 'the service is shutting down; retry on another replica');
+  if (!host.registry) throw new ServiceError('NOT_READY', 'the models are still loading; retry shortly');
+  return host.registry;
+}
+
+function modelOf(registry: NonNullable<ModelHost['registry']>, name: string | undefined): ServedModel {
+  const model = registry.get(name);
+  if (!model) throw new ServiceError('MODEL_NOT_FOUND', `no model named ${JSON.stringify(name)}; available: ${registry.names.join(', ')}`);
+  return model;
+}
+
+/** The batcher would refuse these samples now: say so before reading or decoding anything more. */
+function admit(model: ServedModel, samples: number, maxQueueSize: number): void {
+  const b = model.batcher;
+  if (samples > maxQueueSize) throw toServiceError(new BatchTooLargeError(`${samples} samples is more than the queue holds (${maxQueueSize}); split the request`));
+  if (b.waitingSamples + samples > maxQueueSize) throw toServiceError(new QueueFullError(b.waitingSamples, b.retryAfter(samples)));
+}
+
+/**
+ * The body into one buffer of its announced size, each chunk copied as it arrives. Fastify's own
+ * parser keeps the chunks and copies them all when the body ends: one 20-40 ms task per 45 MB on a
+ * busy machine, and with a few large bodies ending together, the /healthz answer waits for all.
+ */
+function collectBody(req: FastifyRequest, payload: NodeJS.ReadableStream, done: (err: Error | null, body?: Buffer) => void): void {
+  const limit = req.routeOptions.bodyLimit ?? Infinity;
+  const declared = req.headers['content-length'] === undefined ? undefined : Number(req.headers['content-length']);
+  if (declared !== undefined && declared > limit) return done(new errorCodes.FST_ERR_CTP_BODY_TOO_LARGE());
+  // The announced size is allocated once the first MiB has arrived: a client that announces
+  // 64 MiB and sends nothing holds no more than that MiB.
+  const start = 1024 * 1024;
+  let body = Buffer.allocUnsafeSlow(declared !== undefined && Number.isSafeInteger(declared) ? Math.min(declared, start) : start);
+  let received = 0;
+  const finish = (err: Error | null, out?: Buffer): void => {
+    payload.removeListener('data', onData);
+    payload.removeListener('end', onEnd);
+    payload.removeListener('error', onEnd);
+    done(err, out);
+  };
+  const onData = (data: Buffer | string): void => {
+    const chunk = typeof data === 'string' ? Buffer.from(data) : data;
+    if (received + chunk.length > limit) return finish(new errorCodes.FST_ERR_CTP_BODY_TOO_LARGE());
+    if (received + chunk.length > body.length) {
+      if (declared !== undefined && received + chunk.length > declared) return finish(new errorCodes.FST_ERR_CTP_INVALID_CONTENT_LENGTH());
+      const grown = Buffer.allocUnsafeSlow(declared ?? Math.min(limit, Math.max(2 * body.length, received + chunk.length)));
+      body.copy(grown, 0, 0, received);
+      body = grown;
+    }
+    chunk.copy(body, received);
+    received += chunk.length;
+  };
+  const onEnd = (err?: Error): void => {
+    if (err) {
+      const status = (err as { statusCode?: unknown }).statusCode;
+      return finish(Object.assign(err, { statusCode: typeof status === 'number' && status >= 400 ? status : 400 }));
+    }
+    if (declared !== undefined && received !== declared) return finish(new errorCodes.FST_ERR_CTP_INVALID_CONTENT_LENGTH());
+    finish(null, body.subarray(0, received));
+  };
+  payload.on('data', onData);
+  payload.on('end', onEnd);
+  payload.on('error', onEnd);
+  payload.resume();
+}
+
 export default async function decodeRoutes(app: FastifyInstance): Promise<void> {
   const cfg = app.config;
   const host = app.models;
+  // This plugin's own context: the other routes keep the app's parser.
+  app.removeAllContentTypeParsers();
+  app.addContentTypeParser('*', (req, payload, done) => collectBody(req, payload, done));
 
-  app.post('/decode', { schema: decodeSchema, validatorCompiler: documentOnly }, async (req: FastifyRequest, reply: FastifyReply) => {
+  /**
+   * Before the body is read, from the query string and headers alone: a request the service will
+   * refuse (draining, loading, unknown model, full queue, a bad shape or byte count) is answered
+   * without reading, buffering or parsing its megabytes. The handler checks everything again.
+   */
+  async function precheck(req: FastifyRequest, reply: FastifyReply): Promise<void> {
+    const start = performance.now();
+    let model: ServedModel | undefined;
+    try {
+      const registry = registryOf(host);
+      timeoutMs(req, cfg.requestTimeoutMs);
+      const kind = bodyKind(req.headers['content-type']);
+      const length = req.headers['content-length'] === undefined ? undefined : Number(req.headers['content-length']);
+      if (length !== undefined && length > (req.routeOptions.bodyLimit ?? Infinity)) throw new errorCodes.FST_ERR_CTP_BODY_TOO_LARGE();
+      const query = req.query as Record<string, unknown>;
+      // A JSON body carries its options, the model among them: its checks wait for the fields
+      // (read without parsing the latents, see json-body.ts).
+      if (kind === 'json') return;
+      const opts = parseOptions(query);
+      model = modelOf(registry, opts.model);
+      const resolved = kind === 'raw' ? checkShape(opts, model) : undefined;
+      admit(model, resolved?.shape[0] ?? 1, cfg.maxQueueSize);
+      if (length === 0) throw new ServiceError('EMPTY_BODY', 'the request body is empty: send the latents as raw bytes, a .npy file or JSON');
+      if (resolved && length !== undefined) checkBytes(opts, resolved.wireShape, length);
+    } catch (e) {
+      // Fastify's body-limit error stays itself: the app's error handler words it.
+      const err = e instanceof errorCodes.FST_ERR_CTP_BODY_TOO_LARGE ? e : toServiceError(e);
+      const status = err instanceof ServiceError ? err.status : 413;
+      app.metrics.onDecode({ model: model?.name, outcome: outcomeOf(status), seconds: (performance.now() - start) / 1000, timings: {}, samples: 0 });
+      // Closing, not draining, the connection: Node would otherwise read the unread body to its
+      // end. A small body costs less to drain than the client's reconnection.
+      if (Number(req.headers['content-length'] ?? Infinity) > DRAIN_AT_MOST) reply.header('connection', 'close');
+      throw err;
+    }
+  }
+
+  app.post('/decode', {
+    schema: decodeSchema,
+    validatorCompiler: documentOnly,
+    preParsing: async (req, reply, payload) => {
+      await precheck(req, reply);
+      return payload;
+    },
+  }, async (req: FastifyRequest, reply: FastifyReply) => {
     const start = performance.now();
     const timings: StageTimings = {};
     let modelName: string | undefined;
     let samples = 0;
     const done = (outcome: Outcome, format?: DecodeEvent['format']): void =>
       app.metrics.onDecode({ model: modelName, outcome, seconds: (performance.now() - start) / 1000, timings, samples, format });
-    if (host.draining) throw new ServiceError('SHUTTING_DOWN', 'the service is shutting down; retry on another replica');
-    const registry = host.registry;
-    if (!registry) throw new ServiceError('NOT_READY', 'the models are still loading; retry shortly');
+    const registry = registryOf(host);
 
     const controller = new AbortController();
     const onClose = (): void => {
@@ -54,15 +170,14 @@ export default async function decodeRoutes(app: FastifyInstance): Promise<void> 
       const deadline = start + timeoutMs(req, cfg.requestTimeoutMs);
       timer = setTimeout(() => controller.abort(new DeadlineError('the request did not finish before its deadline')), deadline - performance.now());
 
-      const body = parseBody(bodyKind(req.headers['content-type']), req.body as Buffer | undefined, req.query as Record<string, unknown>);
-      const model = registry.get(body.options.model);
-      if (!model) {
-        throw new ServiceError('MODEL_NOT_FOUND', `no model named ${JSON.stringify(body.options.model)}; available: ${registry.names.join(', ')}`);
-      }
+      const wire = readBody(bodyKind(req.headers['content-type']), req.body as Buffer | undefined, req.query as Record<string, unknown>);
+      const opts = wire.options;
+      const model = modelOf(registry, opts.model);
       modelName = model.name;
-      const opts = body.options;
-      const tensor = toDecoderSpace(body, model);
-      samples = tensor.shape[0];
+      const plan = planLatents(wire, model);
+      samples = plan.shape[0];
+      admit(model, samples, cfg.maxQueueSize);
+      const tensor = await toDecoderSpace(plan, await wire.bytes());
       timings.parse = performance.now() - start;
 
       const wantsFloat = opts.outputType === 'tensor' && !opts.partialPostprocess;

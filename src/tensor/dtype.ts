@@ -45,7 +45,7 @@ export function floatToHalf(v: number): number {
 
 // A lookup table makes float16 decoding one indexed load per element.
 let halfTable: Float32Array | undefined;
-function table(): Float32Array {
+export function halfFloatTable(): Float32Array {
   if (!halfTable) {
     halfTable = new Float32Array(65536);
     for (let i = 0; i < 65536; i++) halfTable[i] = halfToFloat(i);
@@ -54,7 +54,7 @@ function table(): Float32Array {
 }
 
 export function halfBitsToFloat32(bits: Uint16Array): Float32Array {
-  const t = table();
+  const t = halfFloatTable();
   const out = new Float32Array(bits.length);
   for (let i = 0; i < bits.length; i++) out[i] = t[bits[i]!]!;
   return out;

@@ -14,12 +14,23 @@ export interface NpyArray {
 const MAGIC = Buffer.from([0x93, 0x4e, 0x55, 0x4d, 0x50, 0x59]); // \x93NUMPY
 const ITEM: Record<NpyDtype, number> = { '<f4': 4, '<f2': 2, '|u1': 1 };
 
-export function parseNpy(buf: Uint8Array, what = 'the .npy data'): NpyArray {
+export interface NpyHeader {
+  dtype: NpyDtype;
+  shape: number[];
+  /** Where the data starts in the file. */
+  dataStart: number;
+  /** The data's byte count, from shape and dtype; the file must end right after it. */
+  dataBytes: number;
+}
+
+/** Reads and checks the header only: the service checks shape and dtype before touching the data. */
+export function parseNpyHeader(buf: Uint8Array, what = 'the .npy data'): NpyHeader {
   const b = Buffer.from(buf.buffer, buf.byteOffset, buf.byteLength);
   if (b.length < 10 || !b.subarray(0, 6).equals(MAGIC)) throw new Error(`${what} is not a .npy file (bad magic)`);
   const major = b[6]!;
   if (major < 1 || major > 3) throw new Error(`${what}: unsupported .npy format version ${major}`);
   const lenBytes = major === 1 ? 2 : 4;
+  if (b.length < 8 + lenBytes) throw new Error(`${what} is truncated inside its header`);
   const headerLen = major === 1 ? b.readUInt16LE(8) : b.readUInt32LE(8);
   const dataStart = 8 + lenBytes + headerLen;
   if (dataStart > b.length) throw new Error(`${what} is truncated inside its header`);
@@ -35,15 +46,27 @@ export function parseNpy(buf: Uint8Array, what = 'the .npy data'): NpyArray {
   const dtype = ({ '<f4': '<f4', '<f2': '<f2', '|u1': '|u1', '<u1': '|u1' } as Record<string, NpyDtype>)[descr];
   if (!dtype) throw new Error(`${what}: dtype ${descr} is not supported (use <f4, <f2 or |u1)`);
   if (fortran === 'True') throw new Error(`${what}: Fortran-ordered arrays are not supported`);
-  const shape = shapeText.split(',').map((s) => s.trim()).filter((s) => s.length > 0).map(Number);
-  if (shape.some((d) => !Number.isSafeInteger(d) || d < 0)) throw new Error(`${what}: bad shape (${shapeText})`);
+  const dims = shapeText.split(',').map((s) => s.trim()).filter((s) => s.length > 0);
+  // Decimal digits only: Number() would also read '0x10' and '1e3'.
+  if (dims.some((d) => !/^\d{1,15}$/.test(d))) throw new Error(`${what}: bad shape (${shapeText})`);
+  const shape = dims.map(Number);
 
-  const bytes = shape.reduce((a, d) => a * d, 1) * ITEM[dtype];
-  if (b.length - dataStart < bytes) {
-    throw new Error(`${what} is truncated: shape (${shape.join(', ')}) ${dtype} needs ${bytes} data bytes, got ${b.length - dataStart}`);
+  const dataBytes = shape.reduce((a, d) => a * d, 1) * ITEM[dtype];
+  const got = b.length - dataStart;
+  if (got < dataBytes) {
+    throw new Error(`${what} is truncated: shape (${shape.join(', ')}) ${dtype} needs ${dataBytes} data bytes, got ${got}`);
   }
-  const copy = new Uint8Array(bytes); // an aligned copy: the data offset is 16- or 64-aligned only by convention
-  copy.set(b.subarray(dataStart, dataStart + bytes));
+  // Trailing bytes mean the writer and this header disagree: refuse rather than guess which is right.
+  if (got > dataBytes) {
+    throw new Error(`${what} has ${got - dataBytes} bytes after its data: shape (${shape.join(', ')}) ${dtype} needs ${dataBytes} data bytes, got ${got}`);
+  }
+  return { dtype, shape, dataStart, dataBytes };
+}
+
+export function parseNpy(buf: Uint8Array, what = 'the .npy data'): NpyArray {
+  const { dtype, shape, dataStart, dataBytes } = parseNpyHeader(buf, what);
+  const copy = new Uint8Array(dataBytes); // an aligned copy: the data offset is 16- or 64-aligned only by convention
+  copy.set(buf.subarray(dataStart, dataStart + dataBytes));
   const data = dtype === '<f4' ? new Float32Array(copy.buffer) : dtype === '<f2' ? new Uint16Array(copy.buffer) : copy;
   return { dtype, shape, data };
 }
