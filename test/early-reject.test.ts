@@ -53,7 +53,7 @@ function refusedEarly(port: number, url: string, headers: Record<string, string>
 }
 
 test('early reject: refusals answer before the body is read, and the connection closes', async (t) => {
-  const { app, registry, host } = await startService(t, { MAX_QUEUE_SIZE: '2', MAX_QUEUE_DELAY_MS: '60000', MAX_LATENT_SIDE: '64' });
+  const { app, registry, host } = await startService(t, { MAX_QUEUE_SIZE: '2', MAX_QUEUE_DELAY_MS: '60000', MAX_LATENT_SIDE: '64', BODY_LIMIT_BYTES: '67108864' });
   await app.listen({ port: 0, host: '127.0.0.1' });
   const port = (app.server.address() as net.AddressInfo).port;
 

@@ -51,11 +51,11 @@ test('shutdown: SIGTERM answers every accepted request, in flight when the signa
 
 test('shutdown: a stalled upload is closed at BODY_TIMEOUT_MS with 408, and SIGTERM does not wait for one', async (t) => {
   const svc = await start(t, { BODY_TIMEOUT_MS: '1000' });
-  const a = await stalledUpload(svc, 60_000);
+  const a = await stalledUpload(svc, 65_536);
   const { ms, reply } = await a.closed;
   assert.ok(ms < 3000, `closed after ${ms} ms`);
   assert.match(reply, /^HTTP\/1\.1 408/);
-  const b = await stalledUpload(svc, 60_000);
+  const b = await stalledUpload(svc, 65_536);
   await new Promise((r) => setTimeout(r, 100));
   const t0 = Date.now();
   svc.child.kill('SIGTERM');
@@ -67,13 +67,13 @@ test('shutdown: a stalled upload is closed at BODY_TIMEOUT_MS with 408, and SIGT
 
 test('shutdown: uploads in flight are capped by MAX_INFLIGHT_BODY_BYTES (429); an aborted upload is logged as such', async (t) => {
   const svc = await start(t, { MAX_INFLIGHT_BODY_BYTES: '100000' });
-  const a = await stalledUpload(svc, 65_536 + 8);
+  const a = await stalledUpload(svc, 65_536);
   await new Promise((r) => setTimeout(r, 100));
   const res = await fetch(`${svc.url}/decode?shape=1,4,64,64`, { method: 'POST', body: latent(64) });
   assert.equal(res.status, 429);
   const err = ((await res.json()) as { error: { code: string; message: string } }).error;
   assert.equal(err.code, 'QUEUE_FULL');
-  assert.match(err.message, /uploads in progress hold 65544 bytes .* limit of 100000 \(MAX_INFLIGHT_BODY_BYTES\)/);
+  assert.match(err.message, /uploads in progress hold 65536 bytes .* limit of 100000 \(MAX_INFLIGHT_BODY_BYTES\)/);
   a.socket.destroy();
   await a.closed;
   await new Promise((r) => setTimeout(r, 200));

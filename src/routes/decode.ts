@@ -51,7 +51,7 @@ function modelOf(registry: NonNullable<ModelHost['registry']>, name: string | un
 function admit(model: ServedModel, samples: number, maxQueueSize: number): void {
   const b = model.batcher;
   if (samples > maxQueueSize) throw toServiceError(new BatchTooLargeError(`${samples} samples is more than the queue holds (${maxQueueSize}); split the request`));
-  if (b.waitingSamples + samples > maxQueueSize) throw toServiceError(new QueueFullError(b.waitingSamples, b.retryAfter(samples)));
+  if (b.waitingSamples + samples > maxQueueSize) throw toServiceError(new QueueFullError(b.waitingSamples, b.retryAfter()));
 }
 
 /**
