@@ -20,6 +20,10 @@ export interface DecodeOptions {
   outputType: OutputType;
   partialPostprocess: boolean;
   packed: boolean;
+  /** Tile side in latents for tiled decoding; 0: never tile. Unset: TILE_LATENT_SIDE. */
+  tileSize?: number;
+  /** diffusers' tile_overlap_factor, 0 ≤ f < 1. Unset: TILE_OVERLAP. */
+  tileOverlap?: number;
 }
 
 type Raw = unknown;
@@ -119,6 +123,8 @@ export function parseOptions(src: Record<string, Raw>): DecodeOptions {
     outputType,
     partialPostprocess: bool('partial_postprocess', src.partial_postprocess, false),
     packed: shape?.length === 3 && height !== undefined && width !== undefined,
+    tileSize: num('tile_size', src.tile_size, (x) => Number.isInteger(x) && x >= 0, 'a whole number of latents (0: never tile)'),
+    tileOverlap: num('tile_overlap', src.tile_overlap, (x) => x >= 0 && x < 1, 'a number from 0 up to (not including) 1'),
   };
 }
 
