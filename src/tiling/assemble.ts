@@ -42,6 +42,8 @@ export class TileAssembler {
   private readonly bottom = new Map<number, Float32Array>();
   private readonly right = new Map<number, Float32Array>();
   private remaining: number;
+  /** The tile being blended, when a step stopped inside it. */
+  private current: Work | undefined;
 
   constructor(private readonly grid: TileGrid, private readonly n: number, up: number, readonly kind: AssembledKind) {
     this.layout = pixelLayout(grid, up);
@@ -63,24 +65,41 @@ export class TileAssembler {
     this.decoded.set(i * this.grid.cols.length + j, data);
   }
 
-  /** Blends one tile whose neighbours above and to the left are done; false when none can be. */
-  step(): boolean {
-    const cols = this.grid.cols.length;
-    for (const k of this.decoded.keys()) {
-      const i = Math.floor(k / cols);
-      const j = k % cols;
-      if ((i === 0 || this.finished[k - cols]) && (j === 0 || this.finished[k - 1])) {
-        this.blend(i, j);
-        return true;
-      }
+  /**
+   * Blends about `maxValues` values (whole rows of one channel) of a tile whose neighbours above
+   * and to the left are done, continuing the tile it left unfinished; false when no tile can move.
+   * Small steps keep each synchronous stretch short: a 1024² tile is 3 M values.
+   */
+  step(maxValues = Infinity): boolean {
+    if (!this.current) {
+      const next = this.ready();
+      if (next === undefined) return false;
+      this.current = this.begin(next);
     }
-    return false;
+    const w = this.current;
+    const to = Math.min(w.total, w.next + Math.max(1, Math.floor(maxValues / w.width)));
+    w.run(w.next, to);
+    w.next = to;
+    if (to === w.total) {
+      this.current = undefined;
+      w.finish();
+    }
+    return true;
   }
 
-  private blend(i: number, j: number): void {
+  private ready(): number | undefined {
+    const cols = this.grid.cols.length;
+    for (const k of this.decoded.keys()) {
+      if ((k < cols || this.finished[k - cols]) && (k % cols === 0 || this.finished[k - 1])) return k;
+    }
+    return undefined;
+  }
+
+  private begin(k: number): Work {
     const { rows, cols } = this.grid;
     const { up, blend, rowLimit, rowOffsets, colOffsets, height: H, width: W } = this.layout;
-    const k = i * cols.length + j;
+    const i = Math.floor(k / cols.length);
+    const j = k % cols.length;
     const tile = this.decoded.get(k)!;
     this.decoded.delete(k);
     const th = rows[i]!.size * up;
@@ -108,11 +127,14 @@ export class TileAssembler {
     const ox = colOffsets[j]!;
     const row = new Float32Array(tw);
     const { float, rgb } = this;
-    for (let p = 0; p < this.n * 3; p++) {
-      const s = Math.floor(p / 3);
-      const ch = p % 3;
-      for (let y = 0; y < th; y++) {
-        row.set(tile.subarray((p * th + y) * tw, (p * th + y + 1) * tw));
+    /** Rows `from` to `to` of the tile's n·3·th rows (plane p = sample·3 + channel, row y). */
+    const run = (from: number, to: number): void => {
+      for (let r = from; r < to; r++) {
+        const p = Math.floor(r / th);
+        const y = r - p * th;
+        const s = Math.floor(p / 3);
+        const ch = p - s * 3;
+        row.set(tile.subarray(r * tw, (r + 1) * tw));
         if (above && y < eV) {
           // blend_v: b[y] = a[-eV + y]·(1 − y/eV) + b[y]·(y/eV), each product rounded to float32.
           const a = (p * sA + sA - eV + y) * tw;
@@ -121,7 +143,7 @@ export class TileAssembler {
           for (let x = 0; x < tw; x++) row[x] = Math.fround(above[a + x]! * wa) + Math.fround(row[x]! * wb);
         }
         if (left) {
-          const l = (p * th + y) * sL + sL - eH;
+          const l = r * sL + sL - eH;
           for (let x = 0; x < eH; x++) row[x] = Math.fround(left[l + x]! * hKeep[x]!) + Math.fround(row[x]! * hTake[x]!);
         }
         if (y < cropH) {
@@ -132,15 +154,27 @@ export class TileAssembler {
           }
         }
         if (down && y >= th - sB) down.set(row, (p * sB + y - (th - sB)) * tw);
-        if (side) side.set(row.subarray(tw - sR), (p * th + y) * sR);
+        if (side) side.set(row.subarray(tw - sR), r * sR);
       }
-    }
-    if (down) this.bottom.set(k, down);
-    if (side) this.right.set(k, side);
-    // Each strip has one reader: drop it once read.
-    this.bottom.delete(k - cols.length);
-    this.right.delete(k - 1);
-    this.finished[k] = 1;
-    this.remaining--;
+    };
+    const finish = (): void => {
+      if (down) this.bottom.set(k, down);
+      if (side) this.right.set(k, side);
+      // Each strip has one reader: drop it once read.
+      this.bottom.delete(k - cols.length);
+      this.right.delete(k - 1);
+      this.finished[k] = 1;
+      this.remaining--;
+    };
+    return { total: this.n * 3 * th, width: tw, next: 0, run, finish };
   }
+}
+
+interface Work {
+  /** Rows: n · 3 · tile height. */
+  total: number;
+  width: number;
+  next: number;
+  run: (from: number, to: number) => void;
+  finish: () => void;
 }
