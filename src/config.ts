@@ -40,6 +40,12 @@ export interface Config {
   pngCompressionLevel: number;
   logLevel: (typeof LOG_LEVELS)[number];
   authTokens: string[];
+  /** Latents larger than this on either side are decoded as overlapping tiles of this side; 0: only when a request asks. */
+  tileLatentSide: number;
+  /** diffusers' tile_overlap_factor: the share of a tile that overlaps its neighbour (0 ≤ f < 1). */
+  tileOverlap: number;
+  /** The largest latent side the decoder runs in one piece: a whole untiled request, or a tile. */
+  maxUntiledLatentSide: number;
 }
 
 export class ConfigError extends Error {
@@ -98,8 +104,15 @@ export function loadConfig(env: Env = process.env): Config {
     throw new ConfigError(`LOG_LEVEL=${JSON.stringify(env.LOG_LEVEL)} is not valid: expected one of ${LOG_LEVELS.join(', ')}`);
   }
   const maxBatchSize = int(env, 'MAX_BATCH_SIZE', 8, 1, 1024);
+  const maxUntiledLatentSide = int(env, 'MAX_UNTILED_LATENT_SIDE', 128, 1, 1024);
+  const tileLatentSide = int(env, 'TILE_LATENT_SIDE', 128, 0, maxUntiledLatentSide);
+  const tileOverlap = fraction(env, 'TILE_OVERLAP', 0.25);
+  if (tileLatentSide > 0 && Math.trunc(tileLatentSide * (1 - tileOverlap)) < 1) {
+    throw new ConfigError(`TILE_OVERLAP=${tileOverlap} leaves tiles of ${tileLatentSide} latents no stride (diffusers' int(tile·(1−overlap)) is 0): lower it`);
+  }
   const maxQueueSize = int(env, 'MAX_QUEUE_SIZE', 64, 1, 1_000_000);
-  const maxLatentSide = int(env, 'MAX_LATENT_SIDE', 128, 1, 1024);
+  // Tiled, a 4096² px image (512² latents) costs one batch of tiles plus the image itself.
+  const maxLatentSide = int(env, 'MAX_LATENT_SIDE', tileLatentSide > 0 ? 512 : maxUntiledLatentSide, 1, 1024);
   const bodyLimitBytes = int(env, 'BODY_LIMIT_BYTES', defaultBodyLimit(maxQueueSize, maxLatentSide), 1024);
   const cfg: Config = {
     host: optional(env, 'HOST') ?? '0.0.0.0',
@@ -125,6 +138,20 @@ export function loadConfig(env: Env = process.env): Config {
     pngCompressionLevel: int(env, 'PNG_COMPRESSION_LEVEL', 6, 0, 9),
     logLevel: logLevel as Config['logLevel'],
     authTokens: (env.AUTH_TOKEN ?? '').split(',').map((t) => t.trim()).filter(Boolean),
+    tileLatentSide,
+    tileOverlap,
+    maxUntiledLatentSide,
   };
   return cfg;
+}
+
+/** A number from 0 up to, not including, 1. */
+function fraction(env: Env, name: string, def: number): number {
+  const raw = env[name];
+  if (raw === undefined || raw.trim() === '') return def;
+  const v = Number(raw);
+  if (!Number.isFinite(v) || v < 0 || v >= 1) {
+    throw new ConfigError(`${name}=${JSON.stringify(raw)} is not valid: expected a number from 0 up to (not including) 1`);
+  }
+  return v;
 }

@@ -72,6 +72,11 @@ const options = {
   partial_postprocess: { type: 'boolean', default: false, description: 'With output_type=pt: uint8 NHWC pixels instead of the float32 NCHW decoder output' },
   height: { type: 'integer', minimum: 1, description: 'Image height in pixels: with width and a 3-D shape, the latents are FLUX-packed and unpacked as diffusers\' _unpack_latents does ((H/16)·(W/16) patches of 2x2, C = last dimension / 4)' },
   width: { type: 'integer', minimum: 1, description: 'Image width in pixels, for packed latents (see height)' },
+  tile_size: {
+    type: 'integer', minimum: 0,
+    description: 'Tiled decoding: latents larger than this on either side are decoded as overlapping tiles of this side and cross-faded as diffusers\' AutoencoderKL.tiled_decode does; 0 never tiles (then a side over MAX_UNTILED_LATENT_SIDE is LATENT_TOO_LARGE); default TILE_LATENT_SIDE (128), at most MAX_UNTILED_LATENT_SIDE',
+  },
+  tile_overlap: { type: 'number', minimum: 0, exclusiveMaximum: 1, description: 'Tiled decoding: diffusers\' tile_overlap_factor; tiles start every int(tile_size·(1−tile_overlap)) latents; default TILE_OVERLAP (0.25)' },
 } as const;
 
 const imagesBody = {

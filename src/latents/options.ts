@@ -28,12 +28,16 @@ export interface DecodeOptions {
   height?: number;
   width?: number;
   packed: boolean;
+  /** Tile side in latents for tiled decoding; 0: never tile. Unset: TILE_LATENT_SIDE. */
+  tileSize?: number;
+  /** diffusers' tile_overlap_factor, 0 ≤ f < 1. Unset: TILE_OVERLAP. */
+  tileOverlap?: number;
 }
 
 /** Every option name: with a JSON body, none of them may also come in the query string. */
 export const OPTION_NAMES = [
   'model', 'shape', 'dtype', 'format', 'image_format', 'quality', 'scaling_factor', 'shift_factor', 'do_scaling',
-  'output_type', 'partial_postprocess', 'layout', 'height', 'width',
+  'output_type', 'partial_postprocess', 'layout', 'height', 'width', 'tile_size', 'tile_overlap',
 ] as const;
 
 type Raw = unknown;
@@ -174,6 +178,8 @@ export function parseOptions(src: Record<string, Raw>, from: OptionSource = 'que
     height,
     width,
     packed: shape?.length === 3 && height !== undefined && width !== undefined,
+    tileSize: num('tile_size', src.tile_size, from, true, (x) => x >= 0, 'a whole number of latents (0: never tile)'),
+    tileOverlap: num('tile_overlap', src.tile_overlap, from, false, (x) => x >= 0 && x < 1, 'a number from 0 up to (not including) 1'),
   };
   if (shape?.length === 3 && (height === undefined) !== (width === undefined)) {
     throw new ServiceError('BAD_PARAMETER', `packed latents need both height and width (pixels); got only ${height === undefined ? 'width' : 'height'}`);

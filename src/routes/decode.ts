@@ -13,6 +13,7 @@ import type { DecodeEvent, Outcome, StageTimings } from '../plugins/metrics.js';
 import type { ModelHost } from '../plugins/models.js';
 import { decodeSchema, documentOnly } from '../schemas.js';
 import type { ServedModel } from '../serving/served-model.js';
+import { decodeTiled, tilingFor } from '../serving/tiled.js';
 
 function outcomeOf(status: number): Outcome {
   if (status === 429) return 'rejected';
@@ -182,7 +183,10 @@ export default async function decodeRoutes(app: FastifyInstance): Promise<void> 
 
       const wantsFloat = opts.outputType === 'tensor' && !opts.partialPostprocess;
       const fetch: OutputName[] = [wantsFloat ? 'sample' : 'image'];
-      const decoded = await model.decode(tensor, fetch, { deadline, signal: controller.signal });
+      const tiling = tilingFor(tensor.shape, opts, cfg);
+      const decoded = tiling
+        ? await decodeTiled(model, tensor, tiling, fetch, { deadline, signal: controller.signal, maxBatchSize: cfg.maxBatchSize, maxBatchLatentPixels: cfg.maxBatchLatentPixels, maxQueueSize: cfg.maxQueueSize })
+        : await model.decode(tensor, fetch, { deadline, signal: controller.signal });
       timings.queue = decoded.queueMs;
       timings.infer = decoded.runMs;
       // Dropped before encoding: nobody would read the image.
