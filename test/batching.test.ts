@@ -1,12 +1,11 @@
 // Dynamic batching against the real ORT session on the fixture decoder, through HTTP.
 import assert from 'node:assert/strict';
-import { writeFileSync } from 'node:fs';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import path from 'node:path';
 import { test } from 'node:test';
 import { toFloat32 } from '../src/tensor/dtype.js';
-import { GraphBuilder, attr, encodeModel } from '../src/onnx/graph.js';
+import { fragileModel } from './helpers/models.js';
 import { RGB, bytesOf, loadFixture, maxAbsDiff, sampleLatents, startService, tempDir, type TestService } from './helpers/service.js';
 
 const U8 = 'output_type=pt&partial_postprocess=true&scaling_factor=1';
@@ -121,22 +120,6 @@ test('batching: a client that disconnects is removed from the queue and its work
   assert.equal((await decode(s, bigLatent(3), '1,4,32,32')).statusCode, 200);
 });
 
-/**
- * A real model that ONNX Runtime fails on for some inputs: it reshapes the latents to
- * [-1, 4, 16, 16], which only works when N·h·w is a multiple of 256.
- */
-function fragileModel(dir: string): string {
-  const g = new GraphBuilder('fragile');
-  const x = g.input('latent_sample', 'float32', ['batch', 4, 'height', 'width']);
-  const r = g.node('Reshape', [x, g.ints('shape', [-1, 4, 16, 16])]);
-  const w = g.constant('w', 'float32', [3, 4, 1, 1], new Float32Array(12).fill(0.1));
-  const c = g.node('Conv', [r, w], { kernel_shape: attr.ints([1, 1]) });
-  g.node('Resize', [c, '', g.constant('scales', 'float32', [4], new Float32Array([1, 1, 8, 8]))], { mode: attr.s('nearest') }, 'sample');
-  g.output('sample', 'float32', ['batch', 3, 'h8', 'w8']);
-  const file = path.join(dir, 'fragile.onnx');
-  writeFileSync(file, encodeModel(g.model()));
-  return file;
-}
 
 test('batching: an ONNX Runtime failure fails only its batch, with a 500 naming the cause', async (t) => {
   const s = await startService(t, { MODEL_PATH: fragileModel(tempDir(t)), MAX_QUEUE_DELAY_MS: '0', WARMUP_LATENT_SIZES: '16x16' });

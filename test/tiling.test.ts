@@ -2,16 +2,15 @@
 // tiled_decode, then through HTTP on the real fixture decoder against the golden tiled fixture
 // (diffusers' algorithm, tile 16, overlap 0.25), with batching, deadlines and failures.
 import assert from 'node:assert/strict';
-import { readFileSync, writeFileSync } from 'node:fs';
-import path from 'node:path';
+import { readFileSync } from 'node:fs';
 import { test } from 'node:test';
 import { ConfigError, loadConfig } from '../src/config.js';
-import { GraphBuilder, attr, encodeModel } from '../src/onnx/graph.js';
 import { toFloat32 } from '../src/tensor/dtype.js';
 import { readNpy } from '../src/tensor/npy.js';
 import { TileAssembler, toLevel } from '../src/tiling/assemble.js';
 import { needsTiling, pixelLayout, planTiles, tileGroups } from '../src/tiling/plan.js';
 import { fixture } from './helpers/paths.js';
+import { fragileModel } from './helpers/models.js';
 import { bytesOf, loadFixture, maxAbsDiff, pixels, sampleLatents, startService, tempDir, type TestService } from './helpers/service.js';
 
 // ---- pure: planning and blending ----
@@ -266,19 +265,6 @@ test('tiling HTTP: a deadline that passes mid-way gives 504, drops the remaining
   assert.equal(again.statusCode, 200, 'the next tiled request is served');
 });
 
-/** A real model that fails when N·h·w is not a multiple of 256 (it reshapes to [-1, 4, 16, 16]). */
-function fragileModel(dir: string): string {
-  const g = new GraphBuilder('fragile');
-  const x = g.input('latent_sample', 'float32', ['batch', 4, 'height', 'width']);
-  const r = g.node('Reshape', [x, g.ints('shape', [-1, 4, 16, 16])]);
-  const w = g.constant('w', 'float32', [3, 4, 1, 1], new Float32Array(12).fill(0.1));
-  const c = g.node('Conv', [r, w], { kernel_shape: attr.ints([1, 1]) });
-  g.node('Resize', [c, '', g.constant('scales', 'float32', [4], new Float32Array([1, 1, 8, 8]))], { mode: attr.s('nearest') }, 'sample');
-  g.output('sample', 'float32', ['batch', 3, 'h8', 'w8']);
-  const file = path.join(dir, 'fragile.onnx');
-  writeFileSync(file, encodeModel(g.model()));
-  return file;
-}
 
 test('tiling HTTP: one tile failing fails the request and drops its other tiles', async (t) => {
   const s: TestService = await startService(t, { MODEL_PATH: fragileModel(tempDir(t)), TILE_LATENT_SIDE: '16', MAX_BATCH_SIZE: '1', MAX_QUEUE_DELAY_MS: '0', WARMUP_LATENT_SIZES: '16x16' });
