@@ -35,12 +35,20 @@ Options:
 Downloads <subfolder>/config.json and diffusion_pytorch_model[.fp16].safetensors from the Hub
 (HF_ENDPOINT, HF_TOKEN honoured), then converts into <models-dir>/<name>/.
 
+Downloads go to the Hugging Face cache shared with Python's huggingface_hub: $HF_HUB_CACHE, else
+$HF_HOME/hub, else ~/.cache/huggingface/hub (models--<owner>--<name>/blobs, refs, snapshots).
+The revision is resolved to a commit each time: files already cached for that commit are not
+downloaded again; a branch that moved downloads the new commit. Interrupted downloads resume.
+Every file is checked against the SHA-256 (git SHA-1 for small files) the Hub gives; a file
+without one is refused.
+
 Options:
   --revision REV         branch, tag or commit (default main)
   --subfolder DIR        folder holding the VAE (default vae; '' for a VAE-only repository)
   --name NAME            model name (default: the repository name)
   --fp16                 float16 weights and compute
   --models-dir DIR       model repository folder (default ${DEFAULT_MODELS_DIR})
+  --no-verify            accept files the Hub gives no checksum for (a warning is printed)
   -h, --help             show this help`,
   models: `Usage: latent-decoder models [--models-dir DIR]
 
@@ -118,6 +126,7 @@ async function pullCommand(args: string[]): Promise<void> {
     name: { type: 'string' },
     fp16: { type: 'boolean' },
     'models-dir': { type: 'string' },
+    'no-verify': { type: 'boolean' },
   }, 1);
   if (!p) return void console.log(HELP.pull);
   const show = { download: progress('downloading'), convert: progress('converting') };
@@ -127,6 +136,7 @@ async function pullCommand(args: string[]): Promise<void> {
     name: p.values.name as string | undefined,
     fp16: p.values.fp16 === true,
     modelsDir: (p.values['models-dir'] as string | undefined) ?? DEFAULT_MODELS_DIR,
+    verify: p.values['no-verify'] !== true,
     onProgress: (phase, done, total) => show[phase]?.(done, total),
   });
   report(result, join(result.dir, MODEL_FILE));
