@@ -1,11 +1,11 @@
 // The `latent-decoder` command: convert a checkpoint, pull a VAE from the Hugging Face Hub, list
 // the model repository. Usage errors exit 2, failures exit 1, both with one line on stderr.
-import { readdir, readFile, stat } from 'node:fs/promises';
+import { stat } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { convertCheckpoint, type ConvertResult } from './convert/convert.js';
-import { CONFIG_FILE, MODEL_FILE, type ModelConfig } from './serving/model-config.js';
+import { CONFIG_FILE, MODEL_FILE } from './serving/model-config.js';
 import { pull } from './convert/hub.js';
 
 const DEFAULT_MODELS_DIR = 'models';
@@ -52,7 +52,9 @@ Options:
   -h, --help             show this help`,
   models: `Usage: latent-decoder models [--models-dir DIR]
 
-Lists the folders of the model repository that hold ${CONFIG_FILE} and ${MODEL_FILE}.`,
+Lists the models the server would serve with the same environment: the built-in preview, the
+MODEL_PATH file when set, and the folders of the model repository (--models-dir, else MODELS_DIR,
+else ${DEFAULT_MODELS_DIR}) that hold ${MODEL_FILE} (+ ${CONFIG_FILE}).`,
 };
 
 class UsageError extends Error {}
@@ -145,19 +147,22 @@ async function pullCommand(args: string[]): Promise<void> {
 async function modelsCommand(args: string[]): Promise<void> {
   const p = parse('models', args, { 'models-dir': { type: 'string' } }, 0);
   if (!p) return void console.log(HELP.models);
-  const dir = resolve((p.values['models-dir'] as string | undefined) ?? DEFAULT_MODELS_DIR);
-  const entries = await readdir(dir, { withFileTypes: true }).catch((err: NodeJS.ErrnoException) => {
-    if (err.code === 'ENOENT') throw new Error(`models folder ${dir} does not exist`);
-    throw err;
-  });
-  const rows: string[][] = [];
-  for (const e of entries.filter((x) => x.isDirectory() && !x.name.startsWith('.')).sort((a, b) => a.name.localeCompare(b.name))) {
-    const config = await readFile(join(dir, e.name, CONFIG_FILE), 'utf8').then((t) => JSON.parse(t) as ModelConfig, () => undefined);
-    if (!config) continue;
-    const size = await stat(join(dir, e.name, MODEL_FILE)).then((s) => `${(s.size / 2 ** 20).toFixed(1)} MiB`, () => 'missing');
-    rows.push([config.name ?? e.name, String(config.latentChannels), config.precision, String(config.scalingFactor), String(config.shiftFactor ?? 0), size]);
+  // The same discovery as the server, from the same environment: what is listed is what it serves.
+  const { loadConfig } = await import('./config.js');
+  const { discoverModels } = await import('./serving/registry.js');
+  const cfg = loadConfig(process.env);
+  const dir = p.values['models-dir'] as string | undefined;
+  if (dir !== undefined) {
+    // the server skips a missing folder; a folder named on the command line is a typo to report
+    if (!(await stat(dir).then((s) => s.isDirectory(), () => false))) throw new Error(`models folder ${resolve(dir)} does not exist`);
+    cfg.modelsDir = dir;
   }
-  if (rows.length === 0) return void console.log(`no models in ${dir}`);
+  const rows: string[][] = [];
+  for (const spec of await discoverModels(cfg)) {
+    const c = spec.file;
+    const size = spec.builtin ? 'built-in' : await stat(spec.modelPath!).then((s) => `${(s.size / 2 ** 20).toFixed(1)} MiB`, () => 'missing');
+    rows.push([spec.name, String(c.latentChannels ?? '?'), c.precision ?? '?', String(c.scalingFactor ?? '?'), String(c.shiftFactor ?? 0), size]);
+  }
   const table = [['NAME', 'CHANNELS', 'PRECISION', 'SCALING', 'SHIFT', 'SIZE'], ...rows];
   const widths = table[0]!.map((_, i) => Math.max(...table.map((r) => r[i]!.length)));
   for (const r of table) console.log(r.map((cell, i) => cell.padEnd(widths[i]!)).join('  ').trimEnd());
