@@ -38,7 +38,8 @@ Downloads <subfolder>/config.json and diffusion_pytorch_model[.fp16].safetensors
 Downloads go to the Hugging Face cache shared with Python's huggingface_hub: $HF_HUB_CACHE, else
 $HF_HOME/hub, else ~/.cache/huggingface/hub (models--<owner>--<name>/blobs, refs, snapshots).
 The revision is resolved to a commit each time: files already cached for that commit are not
-downloaded again; a branch that moved downloads the new commit. Interrupted downloads resume.
+downloaded again; a branch that moved downloads the new commit; with the Hub unreachable, the
+commit cached for the revision is used. Interrupted downloads resume.
 Every file is checked against the SHA-256 (git SHA-1 for small files) the Hub gives; a file
 without one is refused.
 

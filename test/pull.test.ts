@@ -158,6 +158,19 @@ test('a second pull of the same commit downloads nothing; a commit pin needs no 
   assert.equal(r.config.scalingFactor, 0.13025);
 });
 
+test('with the Hub unreachable, a branch pulled before is taken from refs/ with a warning', async (t) => {
+  const hub = await fakeHub(t);
+  const cacheDir = tempDir(t);
+  await pull(REPO, { modelsDir: tempDir(t), cacheDir, endpoint: hub.endpoint });
+  const warnings: string[] = [];
+  // nothing listens on port 9 (discard) of localhost: the connection is refused
+  const r = await pull(REPO, { modelsDir: tempDir(t), cacheDir, endpoint: 'http://127.0.0.1:9', warn: (m) => warnings.push(m) });
+  assert.equal(r.commit, COMMIT_A);
+  assert.equal(warnings.length, 1);
+  assert.match(warnings[0]!, /127\.0\.0\.1:9 is unreachable .*using the cached commit a{40} of main/);
+  await assert.rejects(pull(REPO, { modelsDir: tempDir(t), cacheDir, endpoint: 'http://127.0.0.1:9', revision: 'dev' }), /fetch failed/);
+});
+
 test('a branch that moved is resolved to its new commit, whose files are downloaded', async (t) => {
   const hub = await fakeHub(t);
   const cacheDir = tempDir(t);
@@ -243,6 +256,14 @@ test('a blob already in the cache (e.g. from Python) is linked, not downloaded',
   const r = await pull(REPO, { modelsDir: tempDir(t), cacheDir, endpoint: hub.endpoint });
   assert.equal(r.downloaded, 1, 'only config.json');
   assert.deepEqual(storageGets(hub.requests), []);
+});
+
+test('a revision or repository the Hub does not know is an error that says which', async (t) => {
+  const hub = await fakeHub(t);
+  const opts = { modelsDir: tempDir(t), cacheDir: tempDir(t), endpoint: hub.endpoint };
+  await assert.rejects(pull(REPO, { ...opts, revision: 'v9' }), /acme\/tiny-sd has no revision "v9" \(RevisionNotFound\)/);
+  await assert.rejects(pull('acme/other', opts), /HTTP 404 RepoNotFound: no such repository, or a private or gated one that needs HF_TOKEN/);
+  await assert.rejects(pull(REPO, { ...opts, subfolder: 'unet' }), /no unet\/config\.json at main: is it a diffusers repository with a 'unet' folder\?/);
 });
 
 test('model names, repository ids and revisions cannot escape the models folder', async (t) => {

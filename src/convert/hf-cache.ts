@@ -15,7 +15,7 @@
 // with Range resume — and additionally verifies every file before it enters blobs/.
 import { createHash } from 'node:crypto';
 import { createReadStream, createWriteStream } from 'node:fs';
-import { mkdir, rename, rm, stat, symlink, writeFile, copyFile } from 'node:fs/promises';
+import { mkdir, readFile, rename, rm, stat, symlink, writeFile, copyFile } from 'node:fs/promises';
 import { homedir } from 'node:os';
 import { dirname, join, relative } from 'node:path';
 import { Readable } from 'node:stream';
@@ -89,7 +89,16 @@ export class HubCache {
     if (COMMIT_RE.test(revision) && (await exists(this.pointer(revision, file)))) {
       return { path: this.pointer(revision, file), commit: revision, downloaded: false };
     }
-    const remote = await this.head(revision, file);
+    let remote: Remote | undefined;
+    try {
+      remote = await this.head(revision, file);
+    } catch (err) {
+      // Hub unreachable: like huggingface_hub, use the commit refs/ last resolved the revision to
+      const cached = err instanceof TypeError ? await this.cachedPointer(revision, file) : undefined;
+      if (!cached) throw err;
+      this.o.warn(`${this.o.endpoint} is unreachable (${(err as Error).message}): using the cached commit ${cached.commit} of ${revision}`);
+      return cached;
+    }
     if (!remote) return undefined;
     if (revision !== remote.commit) {
       await mkdir(dirname(join(this.repoDir, 'refs', revision)), { recursive: true });
@@ -125,6 +134,13 @@ export class HubCache {
     return { path: pointer, commit: remote.commit, downloaded };
   }
 
+  private async cachedPointer(revision: string, file: string): Promise<CachedFile | undefined> {
+    const ref = await readFile(join(this.repoDir, 'refs', revision), 'utf8').catch(() => '');
+    const commit = ref.trim();
+    if (!COMMIT_RE.test(commit) || !(await exists(this.pointer(commit, file)))) return undefined;
+    return { path: this.pointer(commit, file), commit, downloaded: false };
+  }
+
   private pointer(commit: string, file: string): string {
     return join(this.repoDir, 'snapshots', commit, file);
   }
@@ -143,12 +159,13 @@ export class HubCache {
         current = new URL(location, current);
         continue;
       }
-      if (res.status === 404) {
-        const code = res.headers.get('x-error-code');
-        if (code === null || code === 'EntryNotFound') return undefined;
-        throw new Error(`${url}: 404 ${code}${code === 'RepositoryNotFound' ? ' (a private or gated repository needs HF_TOKEN)' : ''}`);
+      // The Hub says what is missing in X-Error-Code (huggingface_hub reads the same codes).
+      const code = res.headers.get('x-error-code');
+      if (res.status === 404 && (code === null || code === 'EntryNotFound')) return undefined;
+      if (code === 'RevisionNotFound') throw new Error(`${this.o.repoId} has no revision ${JSON.stringify(revision)} (RevisionNotFound)`);
+      if (code === 'RepoNotFound' || code === 'GatedRepo' || res.status === 401 || res.status === 403) {
+        throw new Error(`${url}: HTTP ${res.status}${code ? ` ${code}` : ''}: no such repository, or a private or gated one that needs HF_TOKEN with access to it`);
       }
-      if (res.status === 401 || res.status === 403) throw new Error(`${url}: HTTP ${res.status}: a private or gated repository needs HF_TOKEN with access to it`);
       if (!res.ok && !(res.status >= 300 && res.status < 400)) throw new Error(`${url}: HTTP ${res.status} ${res.statusText}`);
       const commit = res.headers.get('x-repo-commit') ?? '';
       if (!COMMIT_RE.test(commit)) throw new Error(`${url}: the server did not say which commit ${JSON.stringify(revision)} is (no X-Repo-Commit header); is ${this.o.endpoint} a Hugging Face Hub?`);
