@@ -1,7 +1,7 @@
 // Preloaded with `node --require ./dist/threadpool.cjs dist/server.js`: sizes libuv's thread pool,
 // on which sharp encodes images, before anything can start it. libuv reads UV_THREADPOOL_SIZE
 // once, when the pool first starts; by the time the first line of an ES module runs, the ESM
-// loader has already started it with the default 4 threads (measured: scripts/threadpool-probe.sh),
+// loader has already started it with the default 4 threads (measured: scripts/threadpool-probe.ts, test/threadpool.test.ts),
 // so an `import` that sets the variable has no effect. A CommonJS `--require` runs before the
 // loader. 4 threads would cap encoding at 4 images at a time however many cores there are.
 //
