@@ -89,8 +89,11 @@ EXPOSE 8080
 HEALTHCHECK --interval=30s --timeout=5s --start-period=10m --retries=3 \
   CMD ["node", "-e", "fetch('http://127.0.0.1:'+(process.env.PORT||8080)+'/healthz').then(r=>process.exit(r.ok?0:1)).catch(()=>process.exit(1))"]
 # No shell or wrapper script as PID 1: SIGTERM goes straight to Node (graceful drain).
+# The CommonJS preload sizes libuv's pool (sharp encodes on it) before the ESM loader starts it
+# with 4 threads: max(4, CPU_LIMIT or the visible cores) unless UV_THREADPOOL_SIZE is given
+# (`docker run -e UV_THREADPOOL_SIZE=8`). No fixed ENV here: the image cannot know the CPUs it gets.
 ENTRYPOINT []
-CMD ["node", "dist/server.js"]
+CMD ["node", "--require", "./dist/threadpool.cjs", "dist/server.js"]
 
 # ---------------------------------------------------------------------------------------------
 # cpu (default target: last stage): Debian bookworm slim + Node 22 LTS.
@@ -124,5 +127,8 @@ EXPOSE 8080
 HEALTHCHECK --interval=30s --timeout=5s --start-period=5m --retries=3 \
   CMD ["node", "-e", "fetch('http://127.0.0.1:'+(process.env.PORT||8080)+'/healthz').then(r=>process.exit(r.ok?0:1)).catch(()=>process.exit(1))"]
 # No shell or wrapper script as PID 1: SIGTERM goes straight to Node (graceful drain).
+# The CommonJS preload sizes libuv's pool (sharp encodes on it) before the ESM loader starts it
+# with 4 threads: max(4, CPU_LIMIT or the visible cores) unless UV_THREADPOOL_SIZE is given
+# (`docker run -e UV_THREADPOOL_SIZE=8`). No fixed ENV here: the image cannot know the CPUs it gets.
 ENTRYPOINT []
-CMD ["node", "dist/server.js"]
+CMD ["node", "--require", "./dist/threadpool.cjs", "dist/server.js"]

@@ -1,11 +1,11 @@
 // The `latent-decoder` command: convert a checkpoint, pull a VAE from the Hugging Face Hub, list
 // the model repository. Usage errors exit 2, failures exit 1, both with one line on stderr.
-import { readdir, readFile, stat } from 'node:fs/promises';
+import { stat } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { convertCheckpoint, type ConvertResult } from './convert/convert.js';
-import { CONFIG_FILE, FAMILIES, FAMILY_NAMES, MODEL_FILE, isFamily, type Family, type ModelConfig } from './serving/model-config.js';
+import { CONFIG_FILE, FAMILIES, FAMILY_NAMES, MODEL_FILE, isFamily, type Family } from './serving/model-config.js';
 import { pull } from './convert/hub.js';
 import { FP16_ACTIVATION_LIMIT } from './convert/fp16-guard.js';
 
@@ -57,6 +57,14 @@ ${FAMILY_HELP}
 Downloads <subfolder>/config.json and diffusion_pytorch_model[.fp16].safetensors from the Hub
 (HF_ENDPOINT, HF_TOKEN honoured), then converts into <models-dir>/<name>/.
 
+Downloads go to the Hugging Face cache shared with Python's huggingface_hub: $HF_HUB_CACHE, else
+$HF_HOME/hub, else ~/.cache/huggingface/hub (models--<owner>--<name>/blobs, refs, snapshots).
+The revision is resolved to a commit each time: files already cached for that commit are not
+downloaded again; a branch that moved downloads the new commit; with the Hub unreachable, the
+commit cached for the revision is used. Interrupted downloads resume.
+Every file is checked against the SHA-256 (git SHA-1 for small files) the Hub gives; a file
+without one is refused.
+
 Options:
   --revision REV         branch, tag or commit (default main)
   --subfolder DIR        folder holding the VAE (default vae; '' for a VAE-only repository)
@@ -64,10 +72,13 @@ Options:
   --family NAME          ${FAMILY_NAMES.join('|')} (see convert --help)
   --fp16                 float16 weights and compute (checked as in convert)
   --models-dir DIR       model repository folder (default ${DEFAULT_MODELS_DIR})
+  --no-verify            accept files the Hub gives no checksum for (a warning is printed)
   -h, --help             show this help`,
   models: `Usage: latent-decoder models [--models-dir DIR]
 
-Lists the folders of the model repository that hold ${CONFIG_FILE} and ${MODEL_FILE}.`,
+Lists the models the server would serve with the same environment: the built-in preview, the
+MODEL_PATH file when set, and the folders of the model repository (--models-dir, else MODELS_DIR,
+else ${DEFAULT_MODELS_DIR}) that hold ${MODEL_FILE} (+ ${CONFIG_FILE}).`,
 };
 
 class UsageError extends Error {}
@@ -156,6 +167,7 @@ async function pullCommand(args: string[]): Promise<void> {
     family: { type: 'string' },
     fp16: { type: 'boolean' },
     'models-dir': { type: 'string' },
+    'no-verify': { type: 'boolean' },
   }, 1);
   if (!p) return void console.log(HELP.pull);
   const show = { download: progress('downloading'), convert: progress('converting') };
@@ -166,6 +178,7 @@ async function pullCommand(args: string[]): Promise<void> {
     family: familyOption(p.values),
     fp16: p.values.fp16 === true,
     modelsDir: (p.values['models-dir'] as string | undefined) ?? DEFAULT_MODELS_DIR,
+    verify: p.values['no-verify'] !== true,
     onProgress: (phase, done, total) => show[phase]?.(done, total),
   });
   report(result, join(result.dir, MODEL_FILE));
@@ -174,19 +187,22 @@ async function pullCommand(args: string[]): Promise<void> {
 async function modelsCommand(args: string[]): Promise<void> {
   const p = parse('models', args, { 'models-dir': { type: 'string' } }, 0);
   if (!p) return void console.log(HELP.models);
-  const dir = resolve((p.values['models-dir'] as string | undefined) ?? DEFAULT_MODELS_DIR);
-  const entries = await readdir(dir, { withFileTypes: true }).catch((err: NodeJS.ErrnoException) => {
-    if (err.code === 'ENOENT') throw new Error(`models folder ${dir} does not exist`);
-    throw err;
-  });
-  const rows: string[][] = [];
-  for (const e of entries.filter((x) => x.isDirectory() && !x.name.startsWith('.')).sort((a, b) => a.name.localeCompare(b.name))) {
-    const config = await readFile(join(dir, e.name, CONFIG_FILE), 'utf8').then((t) => JSON.parse(t) as ModelConfig, () => undefined);
-    if (!config) continue;
-    const size = await stat(join(dir, e.name, MODEL_FILE)).then((s) => `${(s.size / 2 ** 20).toFixed(1)} MiB`, () => 'missing');
-    rows.push([config.name ?? e.name, String(config.latentChannels), config.precision, String(config.scalingFactor), String(config.shiftFactor ?? 0), size, config.family ?? '']);
+  // The same discovery as the server, from the same environment: what is listed is what it serves.
+  const { loadConfig } = await import('./config.js');
+  const { discoverModels } = await import('./serving/registry.js');
+  const cfg = loadConfig(process.env);
+  const dir = p.values['models-dir'] as string | undefined;
+  if (dir !== undefined) {
+    // the server skips a missing folder; a folder named on the command line is a typo to report
+    if (!(await stat(dir).then((s) => s.isDirectory(), () => false))) throw new Error(`models folder ${resolve(dir)} does not exist`);
+    cfg.modelsDir = dir;
   }
-  if (rows.length === 0) return void console.log(`no models in ${dir}`);
+  const rows: string[][] = [];
+  for (const spec of await discoverModels(cfg)) {
+    const c = spec.file;
+    const size = spec.builtin ? 'built-in' : await stat(spec.modelPath!).then((s) => `${(s.size / 2 ** 20).toFixed(1)} MiB`, () => 'missing');
+    rows.push([spec.name, String(c.latentChannels ?? '?'), c.precision ?? '?', String(c.scalingFactor ?? '?'), String(c.shiftFactor ?? 0), size, c.family ?? '']);
+  }
   const table = [['NAME', 'CHANNELS', 'PRECISION', 'SCALING', 'SHIFT', 'SIZE', 'FAMILY'], ...rows];
   const widths = table[0]!.map((_, i) => Math.max(...table.map((r) => r[i]!.length)));
   for (const r of table) console.log(r.map((cell, i) => cell.padEnd(widths[i]!)).join('  ').trimEnd());

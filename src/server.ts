@@ -2,7 +2,6 @@
 // models. SIGTERM/SIGINT drain, bounded by DRAIN_TIMEOUT_MS: readiness turns 503, new requests get
 // 503, connections still uploading are closed, every accepted request is answered; then exit 0.
 // A request still unanswered at the limit gets 503. A second signal ends the process at once.
-import './threadpool.js';
 import closeWithGrace from 'close-with-grace';
 import { buildApp } from './app.js';
 import { ConfigError, loadConfig, type Config } from './config.js';

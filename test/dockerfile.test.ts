@@ -212,7 +212,13 @@ for (const target of RUNTIME_TARGETS) {
     assert.ok(cmd, 'CMD missing');
     const cmdArgs = jsonArgs(cmd);
     assert.ok(cmdArgs, 'CMD must be exec form (JSON array) so that SIGTERM reaches node');
-    assert.deepEqual(cmdArgs, ['node', 'dist/server.js']);
+    assert.equal(cmdArgs[0], 'node');
+    // the entry point and the thread-pool preload are what the build emits from src/
+    const entry = cmdArgs.at(-1) ?? '';
+    assert.ok(existsSync(join(ROOT, entry.replace(/^dist\//, 'src/').replace(/\.js$/, '.ts'))), `CMD runs ${entry}, which src/ does not build`);
+    const preload = cmdArgs[cmdArgs.indexOf('--require') + 1] ?? '';
+    assert.ok(cmdArgs.includes('--require'), 'CMD must preload the thread-pool sizing with --require (an ES import is too late)');
+    assert.ok(existsSync(join(ROOT, preload.replace(/^(\.\/)?dist\//, 'src/').replace(/\.cjs$/, '.cts'))), `CMD preloads ${preload}, which src/ does not build`);
 
     const entrypoint = last('ENTRYPOINT');
     if (entrypoint) {
@@ -235,8 +241,14 @@ for (const target of RUNTIME_TARGETS) {
     const env = new Map<string, string>();
     for (const s of [...chain].reverse()) for (const [k, v] of envOf(s)) env.set(k, v);
     assert.equal(env.get('NODE_ENV'), 'production');
-    assert.equal(env.get('MODELS_DIR'), '/models');
-    if (env.has('PORT')) assert.equal(env.get('PORT'), '8080');
+    // the port the server listens on is the one exposed (8080: the server's default)
+    assert.ok(exposed.includes(env.get('PORT') ?? '8080'), `EXPOSE ${exposed.join(',')} vs PORT ${env.get('PORT')}`);
+    // MODELS_DIR exists in the image and belongs to the runtime user (the models are written there)
+    const runs = all.filter((i) => i.getKeyword() === 'RUN').map((i) => i.getArgumentsContent() ?? '').join('\n');
+    assert.match(runs, new RegExp(`mkdir -p ${env.get('MODELS_DIR')}\\b`));
+    assert.match(runs, new RegExp(`chown ${uid}(:\\d+)? ${env.get('MODELS_DIR')}\\b`));
+    // a fixed pool size would override the sizing from the CPUs the container gets
+    assert.equal(env.get('UV_THREADPOOL_SIZE'), undefined);
 
     const labels = new Set(
       all.filter((i) => i.getKeyword() === 'LABEL').flatMap((i) => (i as Label).getProperties().map((p) => p.getName())),
@@ -326,7 +338,8 @@ test('files COPYed from the build context exist and are not excluded by .dockeri
     assert.ok(existsSync(join(ROOT, src)), `COPY source ${src} does not exist in the repository`);
     assert.ok(!isIgnored(src), `COPY source ${src} is excluded by .dockerignore`);
   }
-  // The TypeScript build config compiles src/ only.
+  // The TypeScript build config compiles src/ only, the CommonJS preload (.cts) included.
   const buildTsconfig = JSON.parse(readFileSync(join(ROOT, 'tsconfig.build.json'), 'utf8')) as { include?: string[] };
   assert.ok(buildTsconfig.include?.every((p) => p.startsWith('src/')), 'tsconfig.build.json must only include src/');
+  assert.ok(buildTsconfig.include?.some((p) => p.endsWith('*.cts')), 'tsconfig.build.json must build src/*.cts');
 });

@@ -1,15 +1,18 @@
 // The model side of the service: in-graph postprocessing, the built-in preview decoder, and the
 // model repository serving a converted checkpoint next to the preview.
 import assert from 'node:assert/strict';
-import { readFileSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
+import { copyFileSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { test } from 'node:test';
 import * as ort from 'onnxruntime-node';
 import { convertCheckpoint } from '../src/convert/convert.js';
+import { loadConfig } from '../src/config.js';
+import { discoverModels } from '../src/serving/registry.js';
 import { withPostprocess } from '../src/onnx/postprocess.js';
 import { buildPreviewDecoder, SD15_LATENT_RGB_FACTORS } from '../src/onnx/preview.js';
 import { fixture } from './helpers/paths.js';
-import { FIXTURE_MODEL, RGB, bytesOf, loadFixture, maxAbsDiff, sampleLatents, startService, tempDir } from './helpers/service.js';
+import { FIXTURE_MODEL, REPO, RGB, bytesOf, loadFixture, maxAbsDiff, sampleLatents, startService, tempDir } from './helpers/service.js';
 
 test('models: torch-export.onnx wrapped with the postprocess graph returns reference-rgb.npy within one level', async () => {
   const f = await loadFixture();
@@ -60,4 +63,49 @@ test('models: the repository serves a converted checkpoint by name next to the p
     assert.equal(res.statusCode, 404, name);
     assert.match((res.json() as { error: { message: string } }).error.message, /available: .*sd-fixture/);
   }
+});
+
+test('models: MODEL_PATH=<dir>/model.onnx is named after its folder and configured by the config.json beside it', async (t) => {
+  const dir = tempDir(t);
+  const out = path.join(dir, 'my-vae', 'model.onnx');
+  await convertCheckpoint({ weights: fixture('ldm.safetensors'), out, scalingFactor: 0.13025, name: 'ignored-by-discovery' });
+  // the name convert wrote would win; drop it to check the folder-name default
+  const config = JSON.parse(readFileSync(path.join(dir, 'my-vae', 'config.json'), 'utf8')) as Record<string, unknown>;
+  delete config.name;
+  writeFileSync(path.join(dir, 'my-vae', 'config.json'), JSON.stringify(config));
+  const [, spec] = await discoverModels(loadConfig({ MODEL_PATH: out, MODELS_DIR: path.join(dir, 'none') }));
+  assert.deepEqual([spec!.name, spec!.modelPath, spec!.file.scalingFactor], ['my-vae', out, 0.13025]);
+
+  // any other file name keeps its base name and its <base>.json sidecar
+  const other = path.join(dir, 'my-vae', 'decoder.onnx');
+  copyFileSync(out, other);
+  writeFileSync(path.join(dir, 'my-vae', 'decoder.json'), JSON.stringify({ scalingFactor: 0.5 }));
+  const [, plain] = await discoverModels(loadConfig({ MODEL_PATH: other, MODELS_DIR: path.join(dir, 'none') }));
+  assert.deepEqual([plain!.name, plain!.file.scalingFactor], ['decoder', 0.5]);
+});
+
+test('CLI: `models` lists the preview, the MODEL_PATH model and the repository, as the server discovers them', async (t) => {
+  const dir = tempDir(t);
+  await convertCheckpoint({ weights: fixture('ldm.safetensors'), out: path.join(dir, 'repo', 'sd-a', 'model.onnx'), fp16: true });
+  await convertCheckpoint({ weights: fixture('ldm.safetensors'), out: path.join(dir, 'single', 'model.onnx'), scalingFactor: 0.13025 });
+  const cli = (args: string[], env: Record<string, string>) =>
+    spawnSync(process.execPath, ['--import', 'tsx', 'src/cli.ts', 'models', ...args], { cwd: REPO, encoding: 'utf8', env: { ...process.env, MODEL_PATH: '', MODELS_DIR: '', ...env } });
+  const withPath = cli(['--models-dir', path.join(dir, 'repo')], { MODEL_PATH: path.join(dir, 'single', 'model.onnx') });
+  assert.equal(withPath.status, 0, withPath.stderr);
+  const rows = withPath.stdout.trimEnd().split('\n').map((l) => l.split(/\s{2,}/));
+  assert.deepEqual(rows.map((r) => r.slice(0, 5)), [
+    ['NAME', 'CHANNELS', 'PRECISION', 'SCALING', 'SHIFT'],
+    ['sd15-preview', '4', 'fp32', '0.18215', '0'],
+    ['single', '4', 'fp32', '0.13025', '0'],
+    ['sd-a', '4', 'fp16', '0.18215', '0'],
+  ]);
+  assert.equal(rows[1]![5], 'built-in');
+  assert.match(rows[2]![5]!, /^\d+\.\d MiB$/);
+  // MODELS_DIR from the environment, as the server reads it
+  const fromEnv = cli([], { MODELS_DIR: path.join(dir, 'repo') });
+  assert.match(fromEnv.stdout, /^sd-a\s+4\s+fp16/m);
+  assert.doesNotMatch(fromEnv.stdout, /^single/m);
+  const missing = cli(['--models-dir', path.join(dir, 'nope')], {});
+  assert.equal(missing.status, 1);
+  assert.match(missing.stderr, /models folder .*nope does not exist/);
 });

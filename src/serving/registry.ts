@@ -35,15 +35,19 @@ async function readJson(file: string): Promise<ModelConfigFile> {
 export async function discoverModels(cfg: Config): Promise<ModelSpec[]> {
   const specs: ModelSpec[] = [{
     name: PREVIEW_MODEL_NAME, modelBytes: buildPreviewDecoder(), builtin: true,
-    file: { scalingFactor: PREVIEW_SCALING_FACTOR, shiftFactor: 0, precision: 'fp32', source: 'built-in linear preview (approximate)' },
+    file: { latentChannels: 4, scalingFactor: PREVIEW_SCALING_FACTOR, shiftFactor: 0, precision: 'fp32', source: 'built-in linear preview (approximate)' },
   }];
   if (cfg.modelPath) {
     const file = path.resolve(cfg.modelPath);
     if (!existsSync(file)) throw new Error(`MODEL_PATH=${cfg.modelPath}: no such file`);
     const base = file.replace(/\.onnx$/i, '');
-    const sidecar = [`${base}.json`, `${file}.json`].find((f) => existsSync(f));
+    // `convert` writes <name>/model.onnx + config.json: such a file is named after its folder and
+    // configured by the config.json beside it, as it would be in the model repository.
+    const inRepoFolder = path.basename(file) === MODEL_FILE;
+    const sidecar = [`${base}.json`, `${file}.json`, ...(inRepoFolder ? [path.join(path.dirname(file), CONFIG_FILE)] : [])].find((f) => existsSync(f));
     const conf = sidecar ? await readJson(sidecar) : {};
-    specs.push({ name: conf.name ?? path.basename(base), modelPath: file, file: conf, builtin: false });
+    const name = conf.name ?? (inRepoFolder ? path.basename(path.dirname(file)) : path.basename(base));
+    specs.push({ name, modelPath: file, file: conf, builtin: false });
   }
   const dir = path.resolve(cfg.modelsDir);
   if (existsSync(dir)) {
