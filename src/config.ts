@@ -35,7 +35,7 @@ export interface Config {
   warmupLatentSizes?: [number, number][];
   /** ORT intra-op threads per session; 0 lets ORT choose. */
   intraOpThreads: number;
-  /** ONNX Runtime's CPU arena (and memory patterns): faster re-allocation, but it keeps its peak. */
+  /** ONNX Runtime's CPU arena: less CPU per image, but it keeps (and grows past) its peak. */
   cpuMemArena: boolean;
   pngCompressionLevel: number;
   logLevel: (typeof LOG_LEVELS)[number];
