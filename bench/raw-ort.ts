@@ -78,6 +78,9 @@ async function main(): Promise<void> {
     executionProviders: [process.env.EXECUTION_PROVIDERS?.split(',')[0]?.trim() || 'cpu'],
     graphOptimizationLevel: 'all',
     ...(threads > 0 ? { intraOpNumThreads: threads } : {}),
+    // as the service's worker: ORT's CPU arena only with ORT_CPU_MEM_ARENA=1, memory patterns on
+    enableCpuMemArena: process.env.ORT_CPU_MEM_ARENA === '1',
+    enableMemPattern: true,
     // experiment only (not what the service does): intra-op threads sleep instead of spin-waiting
     ...(process.env.BENCH_ORT_NO_SPIN === '1' ? { extra: { session: { intra_op: { allow_spinning: '0' } } } } : {}),
   };
