@@ -16,6 +16,7 @@
 //   --no-large              skip the full-width model
 //   --only-large            run the full-width model only (the others' results are not produced)
 //   --no-taesd              skip the TAESD row (full and GPU modes)
+//   --models LIST           only these of small,large,taesd (e.g. large,taesd: the KL/TAESD comparison)
 //   --env KEY=VALUE         extra environment for the service and the raw process (repeatable), e.g.
 //                           --env ORT_INTRA_OP_THREADS=2 --env UV_THREADPOOL_SIZE=2
 //   --no-profile            skip the --cpu-prof run of the service (full mode runs one)
@@ -46,6 +47,7 @@ async function main(): Promise<void> {
       'no-large': { type: 'boolean', default: false },
       'only-large': { type: 'boolean', default: false },
       'no-taesd': { type: 'boolean', default: false },
+      models: { type: 'string' },
       env: { type: 'string', multiple: true, default: [] },
       'no-profile': { type: 'boolean', default: false },
       dist: { type: 'boolean', default: false },
@@ -81,6 +83,10 @@ async function main(): Promise<void> {
   if (values['no-large']) modelPlans = modelPlans.filter((p) => p.key !== 'large');
   if (values['only-large']) modelPlans = modelPlans.filter((p) => p.key === 'large');
   if (values['no-taesd']) modelPlans = modelPlans.filter((p) => p.key !== 'taesd');
+  if (values.models) {
+    const keep = new Set(values.models.split(',').map((k) => k.trim()));
+    modelPlans = modelPlans.filter((p) => keep.has(p.key));
+  }
 
   const models: ModelResult[] = [];
   for (const plan of modelPlans) models.push(await runModel(plan, baseEnv, { dist: values.dist }));
