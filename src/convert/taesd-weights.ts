@@ -3,6 +3,7 @@
 // without a prefix (`1.weight`, `3.conv.0.weight`, ..., `19.bias`). The layout is told apart from
 // the KL VAE's by its keys alone, so `convert` needs no flag to pick the architecture.
 import type { SafetensorsFile } from './safetensors.js';
+import { LayoutWeights, owning } from './weights.js';
 
 /** 'original': taesd_decoder.safetensors; 'diffusers': AutoencoderTiny (`decoder.layers.{i-1}.…`). */
 export type TaesdLayout = 'original' | 'diffusers';
@@ -46,16 +47,18 @@ export function detectTaesd(keys: ReadonlySet<string>): TaesdLayout | undefined 
   return undefined;
 }
 
-export class TaesdWeights {
+export class TaesdWeights extends LayoutWeights {
   private constructor(
-    readonly file: SafetensorsFile,
+    file: SafetensorsFile,
     readonly layout: TaesdLayout,
     readonly config: TaesdConfig,
-  ) {}
+  ) {
+    super(file);
+  }
 
   /** Takes ownership of `file` (closes it on failure); throws unless it holds a TAESD decoder. */
-  static async fromFile(file: SafetensorsFile): Promise<TaesdWeights> {
-    try {
+  static fromFile(file: SafetensorsFile): Promise<TaesdWeights> {
+    return owning(file, () => {
       const layout = detectTaesd(new Set(file.keys()));
       if (!layout) {
         throw new Error(`${file.path} holds no TAESD decoder: no tensors ${TAESD_CONV_IN}.weight and ${TAESD_CONV_OUT}.weight (or ${DIFFUSERS_PREFIX}0.weight and ${DIFFUSERS_PREFIX}18.weight)`);
@@ -64,36 +67,11 @@ export class TaesdWeights {
       const shape = file.info(convIn)!.shape;
       if (shape.length !== 4) throw new Error(`${file.path}: tensor ${convIn} has shape [${shape.join(', ')}], expected [out, latent channels, 3, 3]`);
       return new TaesdWeights(file, layout, { latentChannels: shape[1]!, ch: shape[0]! });
-    } catch (err) {
-      await file.close();
-      throw err;
-    }
+    });
   }
 
-  get path(): string {
-    return this.file.path;
-  }
 
-  key(canonical: string): string {
+  override key(canonical: string): string {
     return taesdKey(canonical, this.layout);
-  }
-
-  /** Throws, naming the tensor and the file, unless the weight is present with the expected shape. */
-  check(canonical: string, shape: readonly number[]): void {
-    const key = this.key(canonical);
-    const info = this.file.info(key);
-    if (!info) throw new Error(`${this.path}: missing tensor ${key}`);
-    if (info.shape.join(',') !== shape.join(',')) {
-      throw new Error(`${this.path}: tensor ${key} has shape [${info.shape.join(', ')}], expected [${shape.join(', ')}]`);
-    }
-  }
-
-  read(canonical: string, type: 'float32' | 'float16'): Promise<Float32Array | Uint16Array> {
-    const key = this.key(canonical);
-    return type === 'float32' ? this.file.readFloat32(key) : this.file.readFloat16(key);
-  }
-
-  close(): Promise<void> {
-    return this.file.close();
   }
 }

@@ -2,6 +2,7 @@
 // weights — the original LDM names without a prefix — and infers the decoder's configuration
 // from tensor shapes, so no config file is needed to convert a bare checkpoint.
 import { SafetensorsFile } from './safetensors.js';
+import { LayoutWeights, owning } from './weights.js';
 
 export type KeyLayout = 'ldm' | 'diffusers' | 'diffusers-legacy';
 
@@ -35,32 +36,24 @@ export function layoutKey(canonical: string, layout: KeyLayout, levels: number):
   return canonical.replace(/^decoder\.norm_out\./, 'decoder.conv_norm_out.');
 }
 
-/** Shapes compare equal when they differ only by trailing 1s: diffusers stores 1×1 attention convs as Linear [C, C]. */
-function sameShape(a: readonly number[], b: readonly number[]): boolean {
-  const strip = (s: readonly number[]) => {
-    let n = s.length;
-    while (n > 0 && s[n - 1] === 1) n--;
-    return s.slice(0, n).join(',');
-  };
-  return strip(a) === strip(b);
-}
-
-export class VaeWeights {
+export class VaeWeights extends LayoutWeights {
   private constructor(
-    readonly file: SafetensorsFile,
+    file: SafetensorsFile,
     readonly layout: KeyLayout,
     readonly prefix: string,
     readonly config: VaeConfig,
-  ) {}
+  ) {
+    super(file);
+  }
 
   static async open(path: string): Promise<VaeWeights> {
     return VaeWeights.fromFile(await SafetensorsFile.open(path));
   }
 
   /** Takes ownership of `file` (closes it on failure); throws unless it holds a KL VAE decoder. */
-  static async fromFile(file: SafetensorsFile): Promise<VaeWeights> {
+  static fromFile(file: SafetensorsFile): Promise<VaeWeights> {
     const path = file.path;
-    try {
+    return owning(file, () => {
       const keys = new Set(file.keys());
       const prefix = PREFIXES.find((p) => keys.has(`${p}decoder.conv_in.weight`));
       if (prefix === undefined) {
@@ -92,38 +85,12 @@ export class VaeWeights {
         latentChannels: hasPostQuantConv ? dim('post_quant_conv.weight', 1) : dim('decoder.conv_in.weight', 1),
         hasPostQuantConv,
       });
-    } catch (err) {
-      await file.close();
-      throw err;
-    }
+    });
   }
 
-  get path(): string {
-    return this.file.path;
-  }
 
-  /** The key of a canonical weight in this file. */
-  key(canonical: string): string {
+  override key(canonical: string): string {
     return this.prefix + layoutKey(canonical, this.layout, this.config.chMult.length);
-  }
-
-  /** Throws, naming the tensor and the file, unless the weight is present with the expected shape. */
-  check(canonical: string, shape: readonly number[]): void {
-    const key = this.key(canonical);
-    const info = this.file.info(key);
-    if (!info) throw new Error(`${this.path}: missing tensor ${key}`);
-    if (!sameShape(info.shape, shape)) {
-      throw new Error(`${this.path}: tensor ${key} has shape [${info.shape.join(', ')}], expected [${shape.join(', ')}]`);
-    }
-  }
-
-  read(canonical: string, type: 'float32' | 'float16'): Promise<Float32Array | Uint16Array> {
-    const key = this.key(canonical);
-    return type === 'float32' ? this.file.readFloat32(key) : this.file.readFloat16(key);
-  }
-
-  close(): Promise<void> {
-    return this.file.close();
   }
 }
 
