@@ -26,8 +26,7 @@ export function kindOf(st: Stats): string {
   return st.isFile() ? 'a regular file' : 'not a regular file';
 }
 
-const MiB = 2 ** 20;
-const size = (n: number): string => (n >= MiB ? `${(n / MiB).toFixed(1)} MiB` : `${n} bytes`);
+const size = (n: number): string => `${n} bytes${n >= 2 ** 20 ? ` (${(n / 2 ** 20).toFixed(1)} MiB)` : ''}`;
 
 /**
  * The lstat of `file`, or of its target when it is a symbolic link (followed once: a link to a

@@ -21,7 +21,7 @@ export interface NonFiniteWeight {
 
 /** `bytes` as `align`-byte words: a view when aligned, else a copy (raw_data may sit at any offset). */
 function words(bytes: Uint8Array, align: 2 | 4): Uint16Array | Uint32Array {
-  const b = bytes.byteOffset % align === 0 ? bytes : bytes.slice();
+  const b = bytes.byteOffset % align === 0 ? bytes : new Uint8Array(bytes); // a copy (Buffer#slice would be a view)
   return align === 2 ? new Uint16Array(b.buffer, b.byteOffset, b.length >>> 1) : new Uint32Array(b.buffer, b.byteOffset, b.length >>> 2);
 }
 
@@ -95,7 +95,7 @@ function scanTensor(t: TensorProto): NonFiniteWeight | undefined {
     }
     case DataType.DOUBLE:
       type = 'float64';
-      found = scanFloats(raw ? new Float64Array(raw.slice().buffer) : t.doubleData);
+      found = scanFloats(raw ? new Float64Array(new Uint8Array(raw).buffer) : t.doubleData);
       break;
     default:
       return undefined;
