@@ -7,7 +7,7 @@ import { copyFileSync, mkdirSync, readFileSync, statSync, symlinkSync, writeFile
 import path from 'node:path';
 import { test } from 'node:test';
 import { loadConfig } from '../src/config.js';
-import { decodeModel, encodeModel, onnx } from '../src/onnx/graph.js';
+import { GraphBuilder, attr, decodeModel, encodeModel, onnx } from '../src/onnx/graph.js';
 import { describeNonFinite, nonFiniteWeights } from '../src/onnx/finite.js';
 import { discoverModels } from '../src/serving/registry.js';
 import { FIXTURE_MODEL, bytesOf, loadFixture, sampleLatents, startService, tempDir } from './helpers/service.js';
@@ -129,4 +129,23 @@ test('repository: a model with a NaN weight is unavailable (503 naming the tenso
   assert.match(err.message, /model broken cannot serve: weight .* re-convert or re-download it/);
   const good = await app.inject({ method: 'POST', url: '/decode?model=torch-export&shape=1,4,16,16', payload: bytesOf(sampleLatents(f, 0)) });
   assert.equal(good.statusCode, 200, good.body);
+});
+
+test('repository: a model whose warm-up on zero latents comes out NaN (finite weights) is unavailable, saying so', async (t) => {
+  // sample = y / y with y a 1x1 conv of the latents: finite weights, NaN wherever the latents are 0
+  const g = new GraphBuilder('nan_on_zero');
+  const x = g.input('latent_sample', 'float32', ['batch', 4, 'height', 'width']);
+  const y = g.node('Conv', [x, g.constant('w', 'float32', [3, 4, 1, 1], new Float32Array(12).fill(0.25))], { kernel_shape: attr.ints([1, 1]) });
+  const ratio = g.node('Div', [y, y]);
+  g.node('Resize', [ratio, '', g.constant('scales', 'float32', [4], new Float32Array([1, 1, 8, 8]))], { mode: attr.s('nearest') }, 'sample');
+  g.output('sample', 'float32', ['batch', 3, 'h8', 'w8']);
+  const file = path.join(tempDir(t), 'nan-on-zero.onnx');
+  writeFileSync(file, encodeModel(g.model()));
+  const { app } = await startService(t, { MODEL_PATH: file });
+  const ready = await app.inject('/readyz');
+  assert.equal(ready.statusCode, 503);
+  assert.match(ready.body, /model nan-on-zero cannot serve: warm-up on zero latents \[1, 4, 8, 8\] produced NaN or infinite values/);
+  const res = await app.inject({ method: 'POST', url: '/decode?shape=1,4,8,8', payload: Buffer.alloc(4 * 4 * 64, 1) });
+  assert.equal(res.statusCode, 503, res.body);
+  assert.equal((res.json() as { error: { code: string } }).error.code, 'MODEL_UNAVAILABLE');
 });
