@@ -19,10 +19,9 @@ export interface NonFiniteWeight {
   count: number;
 }
 
-/** `bytes` as `align`-byte words: a view when aligned, else a copy (raw_data may sit at any offset). */
-function words(bytes: Uint8Array, align: 2 | 4): Uint16Array | Uint32Array {
-  const b = bytes.byteOffset % align === 0 ? bytes : new Uint8Array(bytes); // a copy (Buffer#slice would be a view)
-  return align === 2 ? new Uint16Array(b.buffer, b.byteOffset, b.length >>> 1) : new Uint32Array(b.buffer, b.byteOffset, b.length >>> 2);
+/** A view when `bytes` sits at an aligned offset, else a copy (raw_data may sit at any offset). */
+function alignedBytes(bytes: Uint8Array, align: number): Uint8Array {
+  return bytes.byteOffset % align === 0 ? bytes : new Uint8Array(bytes); // Buffer#slice would be a view
 }
 
 /** 16-bit words: exponent mask of float16 (0x7c00) or bfloat16 (0x7f80), all ones = NaN/Inf. */
@@ -45,7 +44,8 @@ function scanFloats(values: ArrayLike<number>): { index: number; count: number; 
   let index = -1;
   let count = 0;
   for (let i = 0; i < values.length; i++) {
-    if (!Number.isFinite(values[i]!)) {
+    const v = values[i]!;
+    if (v - v !== 0) { // NaN for NaN and ±Inf, 0 for every finite value
       if (index < 0) index = i;
       count++;
     }
@@ -61,20 +61,13 @@ export type FloatType = 'float32' | 'float16' | 'bfloat16';
  */
 export function firstNonFinite(raw: Uint8Array, type: FloatType): { index: number; count: number; value: string } | undefined {
   if (type !== 'float32') {
-    const found = scan16(words(raw, 2), type === 'float16' ? 0x7c00 : 0x7f80, 0x8000);
+    const b = alignedBytes(raw, 2);
+    const found = scan16(new Uint16Array(b.buffer, b.byteOffset, b.length >>> 1), type === 'float16' ? 0x7c00 : 0x7f80, 0x8000);
     return found.index < 0 ? undefined : found;
   }
-  const w = words(raw, 4);
-  let index = -1;
-  let count = 0;
-  for (let i = 0; i < w.length; i++) {
-    if ((w[i]! & 0x7f800000) === 0x7f800000) {
-      if (index < 0) index = i;
-      count++;
-    }
-  }
-  if (index < 0) return undefined;
-  return { index, count, value: String(new Float32Array(w.buffer, w.byteOffset + index * 4, 1)[0]) };
+  const b = alignedBytes(raw, 4);
+  const found = scanFloats(new Float32Array(b.buffer, b.byteOffset, b.length >>> 2));
+  return found.index < 0 ? undefined : found;
 }
 
 function scanTensor(t: TensorProto): NonFiniteWeight | undefined {
