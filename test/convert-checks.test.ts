@@ -4,7 +4,7 @@
 // a folder it cannot write named with the way out.
 import assert from 'node:assert/strict';
 import { execFileSync, spawnSync } from 'node:child_process';
-import { chmodSync, mkdirSync, readdirSync, writeFileSync } from 'node:fs';
+import { chmodSync, copyFileSync, mkdirSync, readdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { convertCheckpoint } from '../src/convert/convert.js';
@@ -110,6 +110,18 @@ test('CLI: a folder the user cannot write is named with the way out (EACCES)', {
   else chmodSync(models, 0o555);
   const run = cli(['convert', fixture('ldm.safetensors'), join(models, 'conv', 'model.onnx')], asRoot ? { uid: 65534, gid: 65534 } : {});
   assert.equal(run.status, 1, run.stderr);
-  assert.match(run.stderr, new RegExp(`^latent-decoder: cannot write ${models}/conv: it is not writable by user \\d+ \\(EACCES on mkdir\\)\\. ` +
+  assert.doesNotMatch(run.stderr, /\n\s+at /);
+  assert.match(run.stderr, new RegExp(`^latent-decoder: cannot create ${models}/conv: ${models} is not writable by user \\d+ \\(EACCES on mkdir\\)\\. ` +
     'Mount it writable for that user .*, or choose another output path .*MODELS_DIR'));
+
+  // a checkpoint the user cannot read is a read problem, not a folder to make writable
+  const secret = join(dir, 'secret.safetensors');
+  copyFileSync(fixture('ldm.safetensors'), secret);
+  chmodSync(secret, asRoot ? 0o600 : 0o000);
+  const writable = join(dir, 'out');
+  mkdirSync(writable);
+  chmodSync(writable, 0o777);
+  const read = cli(['convert', secret, join(writable, 'x.onnx')], asRoot ? { uid: 65534, gid: 65534 } : {});
+  assert.equal(read.status, 1, read.stderr);
+  assert.match(read.stderr, /^latent-decoder: cannot read \S+secret\.safetensors: it is not readable by user \d+ \(EACCES on open\)/);
 });

@@ -3,6 +3,7 @@
 // /sys), its folders are made one at a time (Node's recursive mkdir spins for ever under /proc),
 // and every file is written under a temporary name beside it and renamed, so a model repository
 // never sees a partial model or config.
+import { accessSync, constants } from 'node:fs';
 import { lstat, mkdir, rename, rm, stat, statfs, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { kindOf, statOnce } from '../files.js';
@@ -65,17 +66,35 @@ export function writeTextAtomically(file: string, text: string): Promise<void> {
   return writeAtomically(file, (partial) => writeFile(partial, text));
 }
 
+const READS = new Set(['scandir', 'stat', 'lstat', 'readlink', 'access', 'read']);
+
+/** Whether a failed syscall on `file` was reading it (an open of an existing file that this user cannot read). */
+function wasRead(syscall: string | undefined, file: string | undefined): boolean {
+  if (READS.has(syscall ?? '')) return true;
+  if (syscall !== 'open' || !file) return false;
+  try {
+    accessSync(file, constants.R_OK);
+    return false;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code !== 'ENOENT';
+  }
+}
+
 /**
  * The hint for a filesystem error the person running the CLI can fix: permission denied or a
- * read-only filesystem names the folder and the ways out; undefined for any other error.
+ * read-only filesystem names the path and the ways out; undefined for any other error.
  */
 export function writeHint(err: unknown): string | undefined {
   const e = err as NodeJS.ErrnoException;
   if (e?.code !== 'EACCES' && e?.code !== 'EROFS' && e?.code !== 'EPERM') return undefined;
-  const where = e.path ? (e.syscall === 'mkdir' || e.syscall === 'scandir' ? e.path : path.dirname(e.path)) : 'the output folder';
   const who = process.getuid ? `user ${process.getuid()}` : 'this user';
+  const code = `${e.code}${e.syscall ? ` on ${e.syscall}` : ''}`;
+  if (e.code !== 'EROFS' && wasRead(e.syscall, e.path)) {
+    return `cannot read ${e.path ?? 'a file'}: it is not readable by ${who} (${code}); make it readable for that user or run as its owner`;
+  }
+  const folder = e.path ? path.dirname(e.path) : 'the output folder';
   const why = e.code === 'EROFS' ? 'is on a read-only filesystem' : `is not writable by ${who}`;
-  return `cannot write ${where}: it ${why} (${e.code}${e.syscall ? ` on ${e.syscall}` : ''}). ` +
+  return `cannot ${e.syscall === 'mkdir' ? 'create' : 'write'} ${e.path ?? 'the output'}: ${folder} ${why} (${code}). ` +
     'Mount it writable for that user (e.g. chown it to the service user), or choose another output path ' +
     '(convert: <out.onnx>; pull: --models-dir or MODELS_DIR, and HF_HOME for its download cache)';
 }
