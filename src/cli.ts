@@ -81,7 +81,8 @@ Options:
 
 Lists the models the server would serve with the same environment: the built-in preview, the
 MODEL_PATH file when set, and the folders of the model repository (--models-dir, else MODELS_DIR,
-else ${DEFAULT_MODELS_DIR}) that hold ${MODEL_FILE} (+ ${CONFIG_FILE}).`,
+else ${DEFAULT_MODELS_DIR}) that hold ${MODEL_FILE} (+ ${CONFIG_FILE}); an entry the server would skip
+is named on stderr with the reason.`,
 };
 
 class UsageError extends Error {}
