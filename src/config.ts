@@ -12,6 +12,8 @@ export interface Config {
   modelPath?: string;
   /** The model repository: one folder per model (model.onnx + config.json). */
   modelsDir: string;
+  /** Largest model file loaded (bytes): ONNX's protobuf cannot hold more than 2 GiB in one file. */
+  maxModelBytes: number;
   defaultModel?: string;
   executionProviders: ExecutionProvider[];
   maxBatchSize: number;
@@ -47,6 +49,9 @@ export interface Config {
   /** The largest latent side the decoder runs in one piece: a whole untiled request, or a tile. */
   maxUntiledLatentSide: number;
 }
+
+/** A protobuf message, hence an ONNX file without external data, is at most 2 GiB. */
+export const MAX_MODEL_BYTES = 2 ** 31;
 
 export class ConfigError extends Error {
   override name = 'ConfigError';
@@ -119,6 +124,7 @@ export function loadConfig(env: Env = process.env): Config {
     port: int(env, 'PORT', 8080, 0, 65535),
     modelPath: optional(env, 'MODEL_PATH'),
     modelsDir: optional(env, 'MODELS_DIR') ?? 'models',
+    maxModelBytes: int(env, 'MAX_MODEL_BYTES', MAX_MODEL_BYTES, 1024),
     defaultModel: optional(env, 'DEFAULT_MODEL'),
     executionProviders: [...new Set(providers)] as ExecutionProvider[],
     maxBatchSize,

@@ -39,6 +39,11 @@ function newWorker(workerData: WorkerInit): Worker {
   return new Worker(boot, { eval: true, workerData });
 }
 
+/** The model is broken whatever it is given (a NaN weight, NaN on zero latents): the message says where. */
+export class ModelDefectError extends Error {
+  override name = 'ModelDefectError';
+}
+
 type Pending = { resolve: (r: RunResult) => void; reject: (e: Error) => void };
 
 export class InferenceRunner {
@@ -79,7 +84,7 @@ export class InferenceRunner {
             if (this.closing) w.postMessage({ type: 'close' }); // closed while it restarted
             resolve(m.io);
             break;
-          case 'failed': reject(new Error(m.message)); void w.terminate(); break;
+          case 'failed': reject(m.defect ? new ModelDefectError(m.message) : new Error(m.message)); void w.terminate(); break;
           case 'log': this.log[m.level](m.data ?? {}, m.msg); break;
           case 'result': this.settle(m.id)?.resolve({ outputs: m.outputs, ms: m.ms }); break;
           case 'error': this.settle(m.id)?.reject(new Error(m.message)); break;

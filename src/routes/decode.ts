@@ -43,9 +43,7 @@ function registryOf(host: ModelHost): NonNullable<ModelHost['registry']> {
 }
 
 function modelOf(registry: NonNullable<ModelHost['registry']>, name: string | undefined): ServedModel {
-  const model = registry.get(name);
-  if (!model) throw new ServiceError('MODEL_NOT_FOUND', `no model named ${JSON.stringify(name)}; available: ${registry.names.join(', ')}`);
-  return model;
+  return registry.resolve(name);
 }
 
 /** The batcher would refuse these samples now: say so before reading or decoding anything more. */

@@ -8,7 +8,7 @@ export default async function modelRoutes(app: FastifyInstance): Promise<void> {
     const reg = host.registry;
     return {
       defaultModel: reg?.defaultName ?? null,
-      models: reg ? [...reg.models.values()].map((m) => ({
+      models: reg ? [...reg.models.values()].map((m): Record<string, unknown> => ({
         name: m.name,
         default: m.name === reg.defaultName,
         family: m.family ?? null,
@@ -21,7 +21,21 @@ export default async function modelRoutes(app: FastifyInstance): Promise<void> {
         ready: !host.draining,
         builtin: m.spec.builtin,
         source: m.spec.file.source ?? m.spec.modelPath ?? null,
-      })) : [],
+      })).concat([...reg.unavailable].map(([name, u]) => ({
+        name,
+        default: name === reg.defaultName,
+        family: u.spec.file.family ?? null,
+        channels: u.spec.file.latentChannels ?? null,
+        instances: 0,
+        precision: u.spec.file.precision ?? 'unknown',
+        scalingFactor: u.spec.file.scalingFactor ?? null,
+        shiftFactor: u.spec.file.shiftFactor ?? null,
+        provider: null,
+        ready: false,
+        error: u.reason,
+        builtin: false,
+        source: u.spec.file.source ?? u.spec.modelPath ?? null,
+      }))) : [],
     };
   });
 }
