@@ -30,6 +30,10 @@ test('bad input: each mistake gets its status, code and a message naming it; a g
   withNan[1 * 256 + 2 * 16 + 3] = NaN;
   const withInf = sampleLatents(f, 0);
   withInf[5] = -Infinity;
+  const tooLarge = sampleLatents(f, 0);
+  tooLarge[1 * 256 + 2 * 16 + 3] = 2000;
+  const huge = sampleLatents(f, 0);
+  huge[5] = -1e20;
   const oneAt = new Float32Array(4 * 16 * 16);
   oneAt[1 * 256 + 2 * 16 + 3] = 1.5;
   const raw = { 'content-type': 'application/octet-stream' };
@@ -49,6 +53,8 @@ test('bad input: each mistake gets its status, code and a message naming it; a g
     { name: 'latent side over the maximum', url: '/decode?shape=1,4,8,64', payload: Buffer.alloc(4 * 4 * 8 * 64), headers: raw, status: 400, code: 'LATENT_TOO_LARGE', message: /8x64 is over the maximum side of 32/ },
     { name: 'NaN, located', url: '/decode?shape=1,4,16,16', payload: bytesOf(withNan), headers: raw, status: 400, code: 'NON_FINITE', message: /NaN at \[0, 1, 2, 3\]/ },
     { name: 'Infinity, located', url: '/decode?shape=1,4,16,16', payload: bytesOf(withInf), headers: raw, status: 400, code: 'NON_FINITE', message: /-Infinity at \[0, 0, 0, 5\]/ },
+    { name: 'latent beyond the bound once scaled', url: '/decode?shape=1,4,16,16', payload: bytesOf(tooLarge), headers: raw, status: 400, code: 'LATENT_OUT_OF_RANGE', message: /the latent 2000 at \[0, 1, 2, 3\] \(flat index 291\) becomes 10979.96 with scaling_factor=0.18215 \(the model's\) and shift_factor=0 \(the model's\), beyond ±10000/ },
+    { name: 'latent of -1e20, unscaled', url: '/decode?shape=1,4,16,16&do_scaling=false', payload: bytesOf(huge), headers: raw, status: 400, code: 'LATENT_OUT_OF_RANGE', message: /the latent -1e\+20 at \[0, 0, 0, 5\] \(flat index 5\) is beyond ±10000, the decoder-space bound/ },
     { name: 'empty body', url: '/decode?shape=1,4,16,16', payload: Buffer.alloc(0), headers: raw, status: 400, code: 'EMPTY_BODY', message: /empty/ },
     { name: 'body over the limit', url: '/decode', payload: Buffer.alloc(300_000), headers: raw, status: 413, code: 'BODY_TOO_LARGE', message: /over the limit of 200000 bytes/ },
     { name: 'unsupported content type', url: '/decode', payload: 'a,b,c', headers: { 'content-type': 'text/csv' }, status: 415, code: 'UNSUPPORTED_MEDIA_TYPE', message: /text\/csv/ },

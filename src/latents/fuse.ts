@@ -181,7 +181,9 @@ function refuse(plan: LatentPlan, bad: Bad, flat: number): ServiceError {
     return new ServiceError('NON_FINITE',
       `${factors} turn the latent ${bad.value} at ${at} into ${bad.scaled} in float32: pick factors that keep latents / scaling_factor + shift_factor finite`);
   }
-  const scaled = plan.scale === 1 && plan.shift === 0 ? '' : ` (${bad.scaled} after ${factors})`;
+  // Seven significant digits, a float32's, without the double's noise: -1e+20, not -100000002004087730000.
+  const show = (v: number): string => (Math.abs(v) >= 1e6 ? v.toExponential(6).replace(/\.?0+e/, 'e') : String(Number(v.toPrecision(7))));
+  const what = plan.scale === 1 && plan.shift === 0 ? 'is' : `becomes ${show(bad.scaled)} with ${factors},`;
   return new ServiceError('LATENT_OUT_OF_RANGE',
-    `the latent ${bad.value} at ${at}${scaled} is beyond ±${MAX_LATENT_MAGNITUDE}, the decoder-space bound: real latents stay within a few tens, and values near 1e19 overflow the decoder's float32 normalisation into a flat image; check the latents and the factors`);
+    `the latent ${show(bad.value)} at ${at} ${what} beyond ±${MAX_LATENT_MAGNITUDE}, the decoder-space bound: real latents stay within a few tens, and values near 1e19 overflow the decoder's float32 normalisation into a flat image; check the latents and the factors`);
 }
