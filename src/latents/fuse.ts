@@ -1,7 +1,8 @@
 // The one pass over the latents: wire dtype → float32, NHWC or FLUX-packed order → NCHW, the
 // checks (finite, within ±MAX_LATENT_MAGNITUDE), and z = latents / scaling_factor + shift_factor,
-// written once into the decoder's input. One sample per step, yielding to the event loop after every quarter million
-// values or so (a few ms), so a large request never holds the loop for long, nor do several.
+// written once into the decoder's input. One sample per step, yielding to the event loop after
+// every quarter million values or so (a few ms), so a large request never holds the loop for
+// long, nor do several.
 import { ServiceError } from '../errors.js';
 import { BYTES_PER_ELEMENT, halfFloatTable, type WireDtype } from '../tensor/dtype.js';
 import type { LatentPlan, LatentTensor } from './parse.js';
@@ -40,19 +41,19 @@ interface Bad {
  */
 export async function toDecoderSpace(plan: LatentPlan, bytes: Uint8Array): Promise<LatentTensor> {
   const [n, c, h, w] = plan.shape;
-  const sampleSize = c * h * w;
-  const out = new Float32Array(n * sampleSize);
+  const valuesPerSample = c * h * w;
+  const out = new Float32Array(n * valuesPerSample);
   const { scale, shift } = plan;
-  const read = sampleReader(bytes, plan.dtype, sampleSize);
+  const read = sampleReader(bytes, plan.dtype, valuesPerSample);
   let sinceYield = 0;
   for (let s = 0; s < n; s++) {
     const vals = read(s);
-    const dst = out.subarray(s * sampleSize, (s + 1) * sampleSize);
+    const dst = out.subarray(s * valuesPerSample, (s + 1) * valuesPerSample);
     const bad = plan.order === 'nchw' ? scaleFlat(vals, dst, scale, shift)
       : plan.order === 'nhwc' ? scaleNhwc(vals, dst, c, h, w, scale, shift)
         : scalePacked(vals, dst, c, h, w, scale, shift);
-    if (bad) throw refuse(plan, bad, s * sampleSize + bad.at);
-    sinceYield += sampleSize;
+    if (bad) throw refuse(plan, bad, s * valuesPerSample + bad.at);
+    sinceYield += valuesPerSample;
     if (sinceYield >= YIELD_EVERY && s + 1 < n) {
       sinceYield = 0;
       await new Promise((r) => setImmediate(r));
@@ -66,24 +67,24 @@ export async function toDecoderSpace(plan: LatentPlan, bytes: Uint8Array): Promi
  * alignment; aligned float32 bytes are viewed in place, anything else is copied or widened into a
  * scratch of one sample (reused: each sample is consumed before the next is read).
  */
-function sampleReader(bytes: Uint8Array, dtype: WireDtype, sampleSize: number): (s: number) => Float32Array {
+function sampleReader(bytes: Uint8Array, dtype: WireDtype, valuesPerSample: number): (s: number) => Float32Array {
   const bpe = BYTES_PER_ELEMENT[dtype];
   const aligned = bytes.byteOffset % bpe === 0;
-  const sampleBytes = (s: number): Uint8Array => bytes.subarray(s * sampleSize * bpe, (s + 1) * sampleSize * bpe);
+  const sampleBytes = (s: number): Uint8Array => bytes.subarray(s * valuesPerSample * bpe, (s + 1) * valuesPerSample * bpe);
   if (dtype === 'float32') {
     if (aligned) {
       const all = new Float32Array(bytes.buffer, bytes.byteOffset, bytes.byteLength / 4);
-      return (s) => all.subarray(s * sampleSize, (s + 1) * sampleSize);
+      return (s) => all.subarray(s * valuesPerSample, (s + 1) * valuesPerSample);
     }
-    const scratch = new Float32Array(sampleSize);
+    const scratch = new Float32Array(valuesPerSample);
     const scratchBytes = new Uint8Array(scratch.buffer);
     return (s) => {
       scratchBytes.set(sampleBytes(s));
       return scratch;
     };
   }
-  const scratch = new Float32Array(sampleSize);
-  const bitsScratch = aligned ? undefined : new Uint16Array(sampleSize);
+  const scratch = new Float32Array(valuesPerSample);
+  const bitsScratch = aligned ? undefined : new Uint16Array(valuesPerSample);
   const half = dtype === 'float16';
   return (s) => {
     const b = sampleBytes(s);
@@ -91,7 +92,7 @@ function sampleReader(bytes: Uint8Array, dtype: WireDtype, sampleSize: number): 
     if (bitsScratch) {
       new Uint8Array(bitsScratch.buffer).set(b);
       bits = bitsScratch;
-    } else bits = new Uint16Array(b.buffer, b.byteOffset, sampleSize);
+    } else bits = new Uint16Array(b.buffer, b.byteOffset, valuesPerSample);
     return widen(bits, half, scratch);
   };
 }

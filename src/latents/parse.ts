@@ -52,6 +52,7 @@ export interface LatentPlan {
 const RAW_TYPES = new Set(['', 'application/octet-stream', 'tensor/binary', 'binary/octet-stream']);
 const NPY_TYPES = new Set(['application/x-npy', 'application/npy', 'application/x-numpy']);
 
+/** The body's encoding from its Content-Type; UNSUPPORTED_MEDIA_TYPE for any other type. */
 export function bodyKind(contentType: string | undefined): BodyKind {
   const t = (contentType ?? '').split(';')[0]!.trim().toLowerCase();
   if (RAW_TYPES.has(t)) return 'raw';
@@ -61,6 +62,11 @@ export function bodyKind(contentType: string | undefined): BodyKind {
     `Content-Type ${JSON.stringify(t)} is not supported: send application/octet-stream (or no Content-Type), application/x-npy or application/json`);
 }
 
+/**
+ * The options and the latents' byte count from a body, without decoding the latents (see
+ * WireLatents.bytes). The bytes may start at any offset of any buffer: fuse.ts reads them so.
+ * @throws ServiceError EMPTY_BODY, BAD_NPY, BAD_JSON, BAD_BASE64, BAD_PARAMETER and the option errors
+ */
 export function readBody(kind: BodyKind, body: Buffer | undefined, query: Record<string, unknown>): WireLatents {
   if (!body || body.length === 0) {
     throw new ServiceError('EMPTY_BODY', 'the request body is empty: send the latents as raw bytes, a .npy file or JSON');
