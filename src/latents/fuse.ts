@@ -12,10 +12,11 @@ const YIELD_EVERY = 1 << 18;
 /**
  * The largest decoder-space magnitude accepted, |latents / scaling_factor + shift_factor|. Real
  * latents stay within a few tens (SD's, divided by 0.18215, rarely pass ±30). The decoder's
- * GroupNorm sums x² over a group of up to 16 channels × 128² latents (~2.6e5 values, more after
- * the convolutions mix 3×3×512 of them): at 1e4 that sum is ~1e15 even before weights, twenty
- * orders of magnitude below float32's 3.4e38; around 1e19 it is +Inf, the variance normalises
- * everything to 0 and the answer would be a flat grey image with 200.
+ * GroupNorm sums x² over a group in float32: 16 channels × 512² latents in the mid-block at
+ * MAX_LATENT_SIDE, ~4.2e6 values. From |x| ≈ √(3.4e38 / 4.2e6) ≈ 9e15 that sum can be +Inf, the
+ * variance normalises everything to 0 and the answer would be a flat grey image with 200. At 1e4
+ * the sum is ≤ ~4e14, over twenty orders of magnitude of headroom for the gain of the
+ * convolutions in front of it.
  */
 export const MAX_LATENT_MAGNITUDE = 1e4;
 
