@@ -10,6 +10,7 @@ import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import ts from 'typescript';
 import { parseAllDocuments, parse as parseYaml } from 'yaml';
+import { loadConfig } from '../src/config.js';
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 /** The gauge the service exports and the HPA scales on. */
@@ -363,11 +364,17 @@ for (const overlay of OVERLAYS) {
     assert.ok(preStop, 'preStop hook missing');
     const preStopSeconds = preStop.sleep?.seconds ?? Number(preStop.exec?.command.join(' ').match(/sleep\s+(\d+)/)?.[1] ?? NaN);
     assert.ok(Number.isFinite(preStopSeconds) && preStopSeconds > 0, 'preStop must sleep');
+    // The drain after SIGTERM is bounded by DRAIN_TIMEOUT_MS (REQUEST_TIMEOUT_MS bounds one
+    // request, not the drain): the kubelet's SIGKILL must come after preStop + that bound.
+    const grace = (drainTimeoutMs: string | undefined): string | undefined => {
+      const drainSeconds = (drainTimeoutMs === undefined ? loadConfig({}).drainTimeoutMs : Number(drainTimeoutMs)) / 1000;
+      const seconds = d.spec.template.spec.terminationGracePeriodSeconds ?? 30;
+      return seconds > preStopSeconds + drainSeconds ? undefined
+        : `terminationGracePeriodSeconds ${seconds} must exceed preStop ${preStopSeconds}s + DRAIN_TIMEOUT_MS ${drainSeconds}s`;
+    };
     const { data } = configData(objects);
-    const drainSeconds = Number(data.REQUEST_TIMEOUT_MS ?? '30000') / 1000;
-    assert.ok(drainSeconds >= 30, 'REQUEST_TIMEOUT_MS');
-    const grace = d.spec.template.spec.terminationGracePeriodSeconds ?? 30;
-    assert.ok(grace > preStopSeconds + drainSeconds, `terminationGracePeriodSeconds ${grace} must exceed preStop ${preStopSeconds}s + drain ${drainSeconds}s`);
+    assert.equal(grace(data.DRAIN_TIMEOUT_MS), undefined, grace(data.DRAIN_TIMEOUT_MS));
+    assert.match(grace('3600000') ?? '', /must exceed preStop \d+s \+ DRAIN_TIMEOUT_MS 3600s/, 'a drain longer than the grace period is caught');
 
     // The HPA owns the replica count.
     assert.equal(d.spec.replicas, undefined, 'Deployment must not pin replicas (HPA-managed)');
