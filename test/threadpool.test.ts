@@ -4,10 +4,10 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { readFileSync, writeFileSync } from 'node:fs';
+import { writeFileSync } from 'node:fs';
 import path from 'node:path';
-import ts from 'typescript';
-import { REPO, tempDir } from './helpers/paths.js';
+import { tempDir } from './helpers/paths.js';
+import { emitPreload } from './helpers/preload.js';
 
 // Opens 64 FIFOs for reading: each open() blocks one pool thread (no writer ever comes), so the
 // threads then sitting in openat(2) are exactly the pool's. SIGKILL: a normal exit would wait for
@@ -42,11 +42,8 @@ function poolSize(dir: string, nodeArgs: string[], env: Record<string, string>):
 test('threadpool: the --require preload sizes the pool libuv starts; an ES module setting the variable is too late', { skip: process.platform !== 'linux' && 'needs /proc' }, (t) => {
   const dir = tempDir(t);
   writeFileSync(path.join(dir, 'probe.mjs'), PROBE);
-  // what tsc emits as dist/threadpool.cjs
-  const preload = path.join(dir, 'threadpool.cjs');
-  writeFileSync(preload, ts.transpileModule(readFileSync(path.join(REPO, 'src', 'threadpool.cts'), 'utf8'), {
-    compilerOptions: { module: ts.ModuleKind.CommonJS, target: ts.ScriptTarget.ES2022 },
-  }).outputText);
+  // what tsc emits as dist/threadpool.cjs (and the module it requires)
+  const preload = emitPreload(dir);
   writeFileSync(path.join(dir, 'set7.mjs'), "process.env.UV_THREADPOOL_SIZE = '7';\n");
   writeFileSync(path.join(dir, 'esm-first.mjs'), "import './set7.mjs';\nimport './probe.mjs';\n");
 
