@@ -71,7 +71,8 @@ Options:
   --name NAME            model name (default: the repository name)
   --family NAME          ${FAMILY_NAMES.join('|')} (see convert --help)
   --fp16                 float16 weights and compute (checked as in convert)
-  --models-dir DIR       model repository folder (default ${DEFAULT_MODELS_DIR})
+  --models-dir DIR       model repository folder (default $MODELS_DIR, else ${DEFAULT_MODELS_DIR}),
+                         the folder the server serves from
   --no-verify            accept files the Hub gives no checksum for (a warning is printed)
   -h, --help             show this help`,
   models: `Usage: latent-decoder models [--models-dir DIR]
@@ -177,7 +178,7 @@ async function pullCommand(args: string[]): Promise<void> {
     name: p.values.name as string | undefined,
     family: familyOption(p.values),
     fp16: p.values.fp16 === true,
-    modelsDir: (p.values['models-dir'] as string | undefined) ?? DEFAULT_MODELS_DIR,
+    modelsDir: (p.values['models-dir'] as string | undefined) ?? (process.env.MODELS_DIR || DEFAULT_MODELS_DIR),
     verify: p.values['no-verify'] !== true,
     onProgress: (phase, done, total) => show[phase]?.(done, total),
   });

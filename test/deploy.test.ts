@@ -583,6 +583,15 @@ for (const overlay of OVERLAYS) {
   });
 }
 
+for (const overlay of OVERLAYS) {
+  test(`overlay ${overlay}: ONNX Runtime telemetry is off in every container`, (t) => {
+    if (skipIfNoKubectl(t)) return;
+    for (const c of allContainers(only<Deployment>(render(overlay), 'Deployment'))) {
+      assert.equal(c.env?.find((e) => e.name === 'ORT_DISABLE_TELEMETRY')?.value, '1', `${c.name}: ORT_DISABLE_TELEMETRY`);
+    }
+  });
+}
+
 test('pull initContainer script passes the ConfigMap settings to `node dist/cli.js pull`', (t) => {
   if (skipIfNoKubectl(t)) return;
   const sh = spawnSync('sh', ['-c', 'exit 0']);
