@@ -184,7 +184,7 @@ const lines = require('fs').readFileSync('$WORK/server.log', 'utf8').split('\n')
 const bad = lines.filter((l) => { try { JSON.parse(l); return false; } catch { return true; } });
 if (bad.length) { console.error(bad.join('\n')); process.exit(1); }
 " || fail "log lines that are not JSON (above)"
-echo "log: $lines lines, all JSON, none about telemetry"
+echo "log: $lines lines, all JSON, none about telemetry; at SIGTERM: $(grep -o '"inflight":[0-9]*' "$WORK/server.log" | head -1)"
 
 step "PASS: $IMAGE, $(( size / 1000000 )) MB"
 "$ENGINE" images "$IMAGE"
