@@ -74,7 +74,8 @@ Options:
   --name NAME            model name (default: the repository name)
   --family NAME          ${FAMILY_NAMES.join('|')} (see convert --help)
   --fp16                 float16 weights and compute (checked as in convert)
-  --models-dir DIR       model repository folder (default MODELS_DIR, else ${DEFAULT_MODELS_DIR})
+  --models-dir DIR       model repository folder (default $MODELS_DIR, else ${DEFAULT_MODELS_DIR}),
+                         the folder the server serves from
   --no-verify            accept files the Hub gives no checksum for (a warning is printed)
   -h, --help             show this help`,
   models: `Usage: latent-decoder models [--models-dir DIR]

@@ -4,6 +4,7 @@
 // applies, upstream). After `maxRestarts` failed restarts in a row the runner gives up and says so
 // through `onFatal`: a model that cannot run must not leave the pod Ready.
 import { Worker } from 'node:worker_threads';
+import './telemetry.cjs'; // ONNX Runtime telemetry off in the process before a worker loads it
 import type { ModelIo, OutputName, RunOutputs, WorkerInit, WorkerMessage } from './protocol.js';
 
 export interface RunResult {
