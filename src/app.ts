@@ -96,8 +96,9 @@ async function app(app: FastifyInstance, opts: AppOptions): Promise<void> {
     void reply.code(e.status).headers(e.headers).type('application/json').send(body);
   });
 
+  const notFound = (req: FastifyRequest): ServiceError => new ServiceError('NOT_FOUND', `no route ${req.method} ${req.url.split('?')[0]}`);
   app.setNotFoundHandler((req, reply) => {
-    void reply.code(404).send(new ServiceError('NOT_FOUND', `no route ${req.method} ${req.url.split('?')[0]}`).body());
+    void reply.code(404).send(notFound(req).body());
   });
 
   app.addSchema(errorSchema);
@@ -106,6 +107,10 @@ async function app(app: FastifyInstance, opts: AppOptions): Promise<void> {
   await app.register(auth, { tokens: cfg.authTokens });
   // After auth: an unauthenticated client is refused before it counts against the upload cap.
   await app.register(uploads, { maxInflightBodyBytes: cfg.maxInflightBodyBytes });
+  // After auth (an unknown route needs a token too): answered before its body is read.
+  app.addHook('onRequest', async (req) => {
+    if (req.is404) throw notFound(req);
+  });
   // Before the routes: the document collects them as they are added.
   await app.register(swagger);
   await app.register(healthRoutes);
