@@ -115,7 +115,8 @@ export const decodeSchema: FastifySchema = {
   headers: {
     type: 'object',
     properties: {
-      'x-request-timeout-ms': { type: 'number', exclusiveMinimum: 0, description: 'Shortens the request deadline (never beyond REQUEST_TIMEOUT_MS); 504 when it passes. Decimal milliseconds only' },
+      'x-request-timeout-ms': { type: 'number', exclusiveMinimum: 0, description: 'Shortens the request deadline (never beyond REQUEST_TIMEOUT_MS), counted from the request\'s arrival, upload included; 504 when it passes. Decimal milliseconds only' },
+      'content-encoding': { type: 'string', enum: ['identity', 'gzip', 'x-gzip', 'deflate'], description: 'The body\'s compression: inflated as it arrives, BODY_LIMIT_BYTES applying to the inflated bytes; any other coding is 415 UNSUPPORTED_CONTENT_ENCODING' },
       'x-request-id': { type: 'string', description: 'Echoed in the answer; generated when absent' },
     },
   },
@@ -149,7 +150,7 @@ export const decodeSchema: FastifySchema = {
         'application/octet-stream': { schema: { ...binary, description: 'The tensor, little-endian' } },
       },
     },
-    ...errors(400, 401, 404, 413, 415, 429, 500, 503, 504),
+    ...errors(400, 401, 404, 408, 413, 415, 429, 431, 500, 503, 504),
   },
 };
 
