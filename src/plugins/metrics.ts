@@ -91,13 +91,13 @@ export class Metrics {
 
     const models = (): ServedModel[] => [...(source.registry?.models.values() ?? [])];
     this.requests = new Counter({
-      name: name('requests_total'), help: 'Decode requests answered, by outcome (ok, rejected, timed_out, cancelled, bad_request, error)',
+      name: name('requests_total'), help: 'Decode requests, each once however it ended, by outcome (ok, rejected, timed_out, cancelled, bad_request, error); model "none" includes requests Node\'s HTTP parser refused',
       labelNames: ['model', 'outcome'], registers,
       // The first of these metrics on a scrape: the counters below it are initialized in time.
       collect: () => this.initialize(models().map((m) => m.name)),
     });
     this.requestSeconds = new Histogram({
-      name: name('request_duration_seconds'), help: 'Whole decode request, from the handler start to the answer, by outcome',
+      name: name('request_duration_seconds'), help: 'Whole decode request, from its arrival to the answer, by outcome',
       labelNames: ['model', 'outcome'], buckets: SECONDS_BUCKETS, registers,
     });
     this.stageSeconds = new Histogram({
