@@ -5,7 +5,7 @@ import fp from 'fastify-plugin';
 import { randomUUID } from 'node:crypto';
 import type { Config } from './config.js';
 import { ServiceError, isServiceError, type ErrorCode } from './errors.js';
-import { answerClientError, awaitsContinue, createHttpServer, isTimedOut } from './http-server.js';
+import { answerClientError, awaitsContinue, createHttpServer, refusalOn } from './http-server.js';
 import auth from './plugins/auth.js';
 import metrics from './plugins/metrics.js';
 import models, { type ModelHost } from './plugins/models.js';
@@ -59,7 +59,8 @@ export function serverOptions(cfg: Config): FastifyServerOptions {
 function asServiceError(err: unknown, cfg: Config, req: FastifyRequest): ServiceError {
   if (isServiceError(err)) return err;
   const fe = err as { code?: string; statusCode?: number; message: string };
-  if (isTimedOut(req.raw.socket)) return new ServiceError('REQUEST_TIMEOUT', `the request was not received within ${cfg.bodyTimeoutMs} ms (BODY_TIMEOUT_MS)`);
+  const refusal = refusalOn(req.raw.socket);
+  if (refusal) return new ServiceError(refusal.code, refusal.message);
   if (fe.code === 'ECONNRESET' || fe.message === 'aborted') return new ServiceError('CLIENT_CLOSED', 'the client aborted the upload');
   const code = fe.code ? FASTIFY_CODES[fe.code] : undefined;
   if (code === 'BODY_TOO_LARGE') return new ServiceError(code, `the body is over the limit of ${cfg.bodyLimitBytes} bytes (BODY_LIMIT_BYTES); send fewer latents per request`);

@@ -18,8 +18,14 @@ export interface HttpServerOptions {
 const awaiting = new WeakMap<IncomingMessage, ServerResponse>();
 /** The response in progress on each connection: Node's own answers never interleave with it. */
 const active = new WeakMap<Duplex, ServerResponse>();
-/** Connections Node closed because the request was not received within requestTimeoutMs (408). */
-const timedOut = new WeakSet<Duplex>();
+/** Connections Node's parser refused (and closed) while a request on them was in the app's hands. */
+const refused = new WeakMap<Duplex, NodeRefusal>();
+
+/** What Node's HTTP parser refused, as the service's error. */
+export interface NodeRefusal {
+  code: ErrorCode;
+  message: string;
+}
 
 /**
  * The server: keep-alive of `keepAliveTimeoutMs` (its `Keep-Alive: timeout=` header is that in
@@ -66,11 +72,14 @@ export function continueUpload(req: IncomingMessage): void {
 /** The client still waits for `100 Continue`: its body was never sent, so an answer closes the connection. */
 export const awaitsContinue = (req: IncomingMessage): boolean => awaiting.has(req);
 
-/** Node closed this connection at requestTimeoutMs: the request's end is a 408, not a client abort. */
-export const isTimedOut = (socket: Duplex | null | undefined): boolean => socket != null && timedOut.has(socket);
+/**
+ * Why Node closed this connection under a request the app was handling (e.g. 408 at
+ * requestTimeoutMs, 400 for a malformed chunked body): that request ended so, not by a client abort.
+ */
+export const refusalOn = (socket: Duplex | null | undefined): NodeRefusal | undefined => (socket ? refused.get(socket) : undefined);
 
-/** What Node's HTTP parser refused, as the service's error: a status, a stable code, a message. */
-export function clientErrorOf(err: Error & { code?: string; reason?: string }, requestTimeoutMs: number): { code: ErrorCode; message: string } {
+/** What Node's HTTP parser refused, as the service's error: a stable code and a message. */
+export function clientErrorOf(err: Error & { code?: string; reason?: string }, requestTimeoutMs: number): NodeRefusal {
   switch (err.code) {
     case 'ERR_HTTP_REQUEST_TIMEOUT':
       return { code: 'REQUEST_TIMEOUT', message: `the request was not received within ${requestTimeoutMs} ms (BODY_TIMEOUT_MS)` };
@@ -84,15 +93,19 @@ export function clientErrorOf(err: Error & { code?: string; reason?: string }, r
 /**
  * The server's `clientError` listener: answers in the service's JSON format and closes the
  * connection. `counted` is called when no request on the connection had reached the app (so the
- * app's own hooks do not count it). A reset connection gets nothing: there is nobody to answer.
+ * app's own hooks do not count it). A connection the client reset or closed mid-request gets
+ * nothing: there is nobody to answer.
  */
 export function answerClientError(err: Error & { code?: string; reason?: string }, socket: Duplex, requestTimeoutMs: number, counted: (status: number) => void): void {
   if (err.code === 'ECONNRESET' || socket.destroyed) return;
-  const { code, message } = clientErrorOf(err, requestTimeoutMs);
+  // The client closed its side mid-request: gone, not refused (the app's request, if any, ends as an abort).
+  if (err.code === 'HPE_INVALID_EOF_STATE') return void socket.destroy();
+  const refusal = clientErrorOf(err, requestTimeoutMs);
+  const { code, message } = refusal;
   const status = ErrorCodes[code];
   const res = active.get(socket);
-  if (status === 408) timedOut.add(socket);
-  if (!res) counted(status);
+  if (res) refused.set(socket, refusal);
+  else counted(status);
   if (socket.writable && !res?.headersSent) {
     const body = JSON.stringify({ error: { code, message } });
     socket.write(`HTTP/1.1 ${status} ${STATUS_CODES[status]}\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`);

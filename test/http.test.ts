@@ -199,11 +199,14 @@ test('upload budget: four connections that send only headers announcing 22 MB do
     c.write(head('/decode', { 'Content-Type': 'application/json', 'Content-Length': 22_435_158 }));
     return c;
   });
-  await sleep(200);
-  assert.equal(svc.app.uploads.bytes, 0, 'headers alone hold nothing');
-  const res = await fetch(`http://127.0.0.1:${svc.port}${RAW_URL}`, { method: 'POST', body: new Uint8Array(LATENTS) });
-  assert.equal(res.status, 200, await res.clone().text());
-  for (const c of idle) c.sock.destroy();
+  try {
+    await sleep(200);
+    const res = await fetch(`http://127.0.0.1:${svc.port}${RAW_URL}`, { method: 'POST', body: new Uint8Array(LATENTS) });
+    assert.equal(res.status, 200, await res.clone().text());
+    assert.equal(svc.app.uploads.bytes, 0, 'headers alone hold nothing');
+  } finally {
+    for (const c of idle) c.sock.destroy();
+  }
 });
 
 test('every /decode request is counted once by outcome, including 408 stalls, aborts, 413 while reading, upload-budget 429 and Node\'s own 400/431', async (t) => {
@@ -260,6 +263,14 @@ test('every /decode request is counted once by outcome, including 408 stalls, ab
   const [timedOut] = slow.responses();
   check(timedOut?.status ?? 0, 408, 'bad_request');
   assert.equal(errorCode(timedOut!.body), 'REQUEST_TIMEOUT');
+
+  // A malformed chunk under a request already in the app's hands: Node's 400, counted once as such.
+  const badChunk = new Conn(svc.port);
+  badChunk.write(head(RAW_URL, { 'Transfer-Encoding': 'chunked' }));
+  badChunk.write('400\r\n' + 'x'.repeat(1024) + '\r\nzz\r\n');
+  await badChunk.closed;
+  check(badChunk.responses()[0]?.status ?? 0, 400, 'bad_request');
+  assert.equal(errorCode(badChunk.responses()[0]!.body), 'BAD_REQUEST');
 
   // Node's HTTP parser: a malformed request line (400) and oversized headers (431).
   for (const [raw, want, code] of [['NOT HTTP\r\n\r\n', 400, 'BAD_REQUEST'], [head(RAW_URL, { 'X-Big': 'x'.repeat(20_000) }), 431, 'REQUEST_HEADER_FIELDS_TOO_LARGE']] as const) {

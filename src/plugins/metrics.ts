@@ -6,7 +6,8 @@ import type { FastifyInstance, FastifyRequest } from 'fastify';
 import fp from 'fastify-plugin';
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
 import type { BatchInfo } from '../batching/batcher.js';
-import { isTimedOut } from '../http-server.js';
+import { ErrorCodes } from '../errors.js';
+import { refusalOn } from '../http-server.js';
 import type { ImageFormat } from '../latents/options.js';
 import type { ModelRegistry } from '../serving/registry.js';
 import type { ServedModel } from '../serving/served-model.js';
@@ -173,8 +174,8 @@ export class Metrics {
 
   /**
    * Counts every request of `app`'s routes once, whatever ends it: its answer (onResponse), or
-   * its connection closing first (onRequestAbort): a 408 when Node closed it at BODY_TIMEOUT_MS,
-   * else a client abort (499). `seconds` runs from the request's arrival.
+   * its connection closing first (onRequestAbort): Node's own refusal when its parser closed it
+   * (408 at BODY_TIMEOUT_MS, 400), else a client abort (499). `seconds` runs from the request's arrival.
    */
   countRequests(app: FastifyInstance): void {
     const arrivals = new WeakMap<FastifyRequest, number>();
@@ -190,7 +191,8 @@ export class Metrics {
     app.addHook('onResponse', async (req, reply) => record(req, reply.statusCode, reply.elapsedTime / 1000));
     app.addHook('onRequestAbort', async (req) => {
       const arrival = arrivals.get(req);
-      record(req, isTimedOut(req.raw.socket) ? 408 : 499, arrival === undefined ? 0 : (performance.now() - arrival) / 1000);
+      const refusal = refusalOn(req.raw.socket);
+      record(req, refusal ? ErrorCodes[refusal.code] : 499, arrival === undefined ? 0 : (performance.now() - arrival) / 1000);
     });
   }
 

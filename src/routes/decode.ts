@@ -54,8 +54,6 @@ export default async function decodeRoutes(app: FastifyInstance): Promise<void> 
   const host = app.models;
   // This plugin's own context: the other routes keep the app's parser.
   app.removeAllContentTypeParsers();
-  app.addContentTypeParser('*', (req, payload, done) => app.uploads.read(req, payload, { limit: req.routeOptions.bodyLimit ?? cfg.bodyLimitBytes, deadline: deadlines.get(req) }, done));
-  app.metrics.countRequests(app);
   /** Each request's deadline (performance.now() ms): REQUEST_TIMEOUT_MS or X-Request-Timeout-Ms from its arrival. */
   const deadlines = new WeakMap<FastifyRequest, number>();
   const deadlineOf = (req: FastifyRequest, reply: FastifyReply): number => {
@@ -63,6 +61,9 @@ export default async function decodeRoutes(app: FastifyInstance): Promise<void> 
     if (deadline === undefined) deadlines.set(req, (deadline = performance.now() - reply.elapsedTime + timeoutMs(req, cfg.requestTimeoutMs)));
     return deadline;
   };
+  // The body reader refuses a body still arriving at the deadline.
+  app.addContentTypeParser('*', (req, payload, done) => app.uploads.read(req, payload, { limit: req.routeOptions.bodyLimit ?? cfg.bodyLimitBytes, deadline: deadlines.get(req) }, done));
+  app.metrics.countRequests(app);
 
   /**
    * Before the body is read, from the query string and headers alone: a request the service will
