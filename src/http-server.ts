@@ -99,7 +99,10 @@ export function clientErrorOf(err: Error & { code?: string; reason?: string }, r
 export function answerClientError(err: Error & { code?: string; reason?: string }, socket: Duplex, requestTimeoutMs: number, counted: (status: number) => void): void {
   if (err.code === 'ECONNRESET' || socket.destroyed) return;
   // The client closed its side mid-request: gone, not refused (the app's request, if any, ends as an abort).
-  if (err.code === 'HPE_INVALID_EOF_STATE') return void socket.destroy();
+  if (err.code === 'HPE_INVALID_EOF_STATE') {
+    socket.destroy();
+    return;
+  }
   const refusal = clientErrorOf(err, requestTimeoutMs);
   const { code, message } = refusal;
   const status = ErrorCodes[code];
