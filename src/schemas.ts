@@ -122,7 +122,8 @@ export const decodeSchema: FastifySchema = {
   headers: {
     type: 'object',
     properties: {
-      'x-request-timeout-ms': { type: 'number', exclusiveMinimum: 0, description: 'Shortens the request deadline (never beyond REQUEST_TIMEOUT_MS); 504 when it passes. Decimal milliseconds only' },
+      'x-request-timeout-ms': { type: 'number', exclusiveMinimum: 0, description: 'Shortens the request deadline (never beyond REQUEST_TIMEOUT_MS), counted from the request\'s arrival, upload included; 504 when it passes. Decimal milliseconds only' },
+      'content-encoding': { type: 'string', enum: ['identity', 'gzip', 'x-gzip', 'deflate'], description: 'The body\'s compression: inflated as it arrives, BODY_LIMIT_BYTES applying to the inflated bytes; any other coding is 415 UNSUPPORTED_CONTENT_ENCODING' },
       'x-request-id': { type: 'string', description: 'Echoed in the answer; generated when absent' },
     },
   },
