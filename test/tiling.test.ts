@@ -241,9 +241,9 @@ test('tiling HTTP: tiles split across runs and share a run with another request 
   assert.ok(maxAbsDiff(a.rawPayload, ref.rgb) <= 1, 'tiles from several runs assemble into the reference');
   assert.equal(b.statusCode, 200, b.body);
   assert.ok(maxAbsDiff(b.rawPayload, f.rgb.subarray(128 * 128 * 3)) <= 1, 'the other request gets its own image');
-  const runs = (key: string): number[] => s.batches.filter((x) => x.key === key).map((x) => x.samples);
-  t.diagnostic(`runs: ${s.batches.map((x) => `${x.key}:${x.samples}`).join(', ')}`);
-  assert.ok(s.batches.every((x) => x.samples <= 4), 'no run over MAX_BATCH_SIZE');
+  const runs = (key: string): number[] => s.batches.filter((x) => x.key === key).map((x) => x.sampleCount);
+  t.diagnostic(`runs: ${s.batches.map((x) => `${x.key}:${x.sampleCount}`).join(', ')}`);
+  assert.ok(s.batches.every((x) => x.sampleCount <= 4), 'no run over MAX_BATCH_SIZE');
   assert.deepEqual([runs('16x4'), runs('4x16'), runs('4x4')], [[3], [3], [1]], 'each edge shape in one run');
   // 9 full tiles + 1 other sample in 3 runs of at most 4: one run held both requests.
   assert.equal(runs('16x16').reduce((x, y) => x + y, 0), 10);
