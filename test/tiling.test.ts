@@ -274,8 +274,21 @@ test('tiling HTTP: one tile failing fails the request and drops its other tiles'
   assert.equal((res.json() as { error: { code: string } }).error.code, 'INFERENCE_FAILED');
   await s.registry.idle();
   assert.equal(s.registry.get(undefined)!.batcher.waitingSamples, 0);
+  assert.equal(s.registry.get(undefined)!.batcher.reservedSamples, 0, 'the failed request gave back the tiles it never queued');
   const planned = planTiles(32, 40, 16, 0.25);
   const tiles = planned.rows.length * planned.cols.length;
   assert.ok(s.batches.length < tiles, `${s.batches.length} of ${tiles} tiles ran`);
   assert.ok(s.batches.some((b) => !b.ok));
+});
+
+test('tiling HTTP: a tile whose output is not finite is named as a tile, not a sample', async (t) => {
+  const s = await startService(t, { TILE_LATENT_SIDE: '16', MAX_QUEUE_DELAY_MS: '0' });
+  const huge = new Float32Array(4 * 40 * 40).fill(1e38);
+  const res = await s.app.inject({ method: 'POST', url: `/decode?shape=1,4,40,40&${Q}`, payload: bytesOf(huge) });
+  assert.equal(res.statusCode, 422, res.body);
+  const err = (res.json() as { error: { code: string; message: string } }).error;
+  assert.equal(err.code, 'NON_FINITE_OUTPUT');
+  assert.match(err.message, /NaN or infinite values for tile \d+,\d+ \(latent rows \d+–\d+, columns \d+–\d+\) of sample 0 of 1/);
+  await s.registry.idle();
+  assert.equal(s.registry.get(undefined)!.batcher.reservedSamples, 0);
 });
