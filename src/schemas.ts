@@ -201,7 +201,7 @@ export const modelsSchema: FastifySchema = {
               scalingFactor: { type: 'number' },
               shiftFactor: { type: 'number' },
               provider: { type: 'string', description: 'ONNX Runtime execution provider in use' },
-              ready: { type: 'boolean' },
+              ready: { type: 'boolean', description: 'loaded, warmed up, every worker running, not draining: the rule /readyz applies to all models' },
               builtin: { type: 'boolean' },
               source: { type: ['string', 'null'], description: 'Where the model came from' },
             },
