@@ -3,6 +3,7 @@
 // expensive; reserved samples count against the queue's limit like waiting ones, so two requests
 // can never both be admitted into the last room. It then submits against its ticket (once or many
 // times) and releases the ticket when done; a release returns what was not submitted. Pure.
+import { CancelledError } from './types.js';
 
 /** Samples a request will queue under one batcher key. */
 export interface Demand {
@@ -172,7 +173,7 @@ export class Ticket<P, J> {
    * samples or was released (a bug: a request must reserve all it queues).
    */
   submit(key: string, payload: P, sampleCount: number, opts: SubmitOptions = {}): Promise<J> {
-    if (opts.signal?.aborted) return Promise.reject(opts.signal.reason);
+    if (opts.signal?.aborted) return Promise.reject(opts.signal.reason ?? new CancelledError('cancelled'));
     if (this.released) return Promise.reject(new Error(`submit of ${sampleCount} samples under ${key} on a released ticket`));
     const own = this.held.get(key);
     const any = this.held.get(undefined);
