@@ -54,8 +54,7 @@ function modelOf(registry: NonNullable<ModelHost['registry']>, name: string | un
  * (a .npy without `shape` in the query, a raw body of unknown length without it).
  */
 function shapeBeforeBody(kind: BodyKind, opts: DecodeOptions, model: ServedModel, length: number | undefined): readonly number[] | undefined {
-  if (kind === 'npy') return checkShape(opts, model)?.shape;
-  if (length === undefined) return checkShape(opts, model)?.shape;
+  if (kind === 'npy' || length === undefined) return checkShape(opts, model)?.shape;
   // planLatents needs the byte count only, not the bytes: the shape, or the square latent it implies.
   return planLatents({ options: opts, byteLength: length, bytes: () => Promise.reject(new Error('not read yet')) }, model).shape;
 }
@@ -164,8 +163,8 @@ export default async function decodeRoutes(app: FastifyInstance): Promise<void> 
       const err = e instanceof errorCodes.FST_ERR_CTP_BODY_TOO_LARGE ? e : toServiceError(e);
       const status = err instanceof ServiceError ? err.status : 413;
       app.metrics.onDecode({ model: model?.name, outcome: outcomeOf(status), seconds: (performance.now() - start) / 1000, timings: {}, samples: 0 });
-      // Closing, not draining, the connection: Node would otherwise read the unread body to its
-      // end. A small body costs less to drain than the client's reconnection.
+      // Closing the connection: Node would otherwise read the unread body to its end. A small
+      // body costs less to read and discard than the client's reconnection.
       if (Number(req.headers['content-length'] ?? Infinity) > DISCARD_AT_MOST) reply.header('connection', 'close');
       throw err;
     }
