@@ -4,7 +4,7 @@
 // its reservation back.
 import assert from 'node:assert/strict';
 import net from 'node:net';
-import { test } from 'node:test';
+import { test, type TestContext } from 'node:test';
 import { planTiles } from '../src/tiling/plan.js';
 import { loadFixture, startService, type TestService } from './helpers/service.js';
 
@@ -16,8 +16,9 @@ interface Upload {
 }
 
 /** A POST whose body is sent when the test says: the head and `first` go out now. */
-function upload(port: number, url: string, declared: number, first: Buffer, type = 'application/octet-stream'): Upload {
+function upload(t: TestContext, port: number, url: string, declared: number, first: Buffer, type = 'application/octet-stream'): Upload {
   const sock = net.connect(port, '127.0.0.1');
+  t.after(() => sock.destroy()); // before the app closes: it waits for open connections
   let data = Buffer.alloc(0);
   const answer = new Promise<{ status: number; body: string } | null>((resolve) => {
     sock.on('data', (d: Buffer) => {
@@ -70,7 +71,7 @@ test('admission HTTP: a tiled request that cannot be queued is refused from its 
   t.after(() => other.release());
   assert.equal(TILES, 16);
   // 16 tiles do not fit in the 15 free: the answer comes with 1 KB of the body sent.
-  const u = upload(port, TILED, TILED_BYTES, Buffer.alloc(1024));
+  const u = upload(t, port, TILED, TILED_BYTES, Buffer.alloc(1024));
   const a = await u.answer;
   u.destroy();
   assert.ok(a, 'answered before the body');
@@ -84,7 +85,7 @@ test('admission HTTP: a tiled request admitted before its body keeps its room: n
   const port = await listen(s);
   const batcher = s.registry.get(undefined)!.batcher;
   const body = latents(TILED_BYTES);
-  const u = upload(port, TILED, TILED_BYTES, body.subarray(0, 1024));
+  const u = upload(t, port, TILED, TILED_BYTES, body.subarray(0, 1024));
   await until('the request holds its tiles', () => batcher.reservedSamples === TILES);
   // Another client takes all the room left while the first one uploads.
   const filler = batcher.reserve({ key: '8x8', sampleCount: 20 - TILES, cost: 64 });
@@ -106,13 +107,13 @@ test('admission HTTP: no reservation outlives its request: aborted upload, body 
   const batcher = s.registry.get(undefined)!.batcher;
 
   // The client goes away mid-upload.
-  const gone = upload(port, TILED, TILED_BYTES, Buffer.alloc(1024));
+  const gone = upload(t, port, TILED, TILED_BYTES, Buffer.alloc(1024));
   await until('the upload holds its tiles', () => batcher.reservedSamples === TILES);
   gone.destroy();
   await until('an aborted upload gives its room back', () => batcher.reservedSamples === 0, 2000);
 
   // The client stalls: Node answers 408 after BODY_TIMEOUT_MS.
-  const stalled = upload(port, TILED, TILED_BYTES, Buffer.alloc(1024));
+  const stalled = upload(t, port, TILED, TILED_BYTES, Buffer.alloc(1024));
   await until('the stalled upload holds its tiles', () => batcher.reservedSamples === TILES);
   const timedOut = await stalled.answer;
   stalled.destroy();
@@ -133,4 +134,19 @@ test('admission HTTP: no reservation outlives its request: aborted upload, body 
   assert.equal(json.statusCode, 200, json.body);
   assert.equal(batcher.reservedSamples, 0);
   assert.equal(batcher.waitingSamples, 0);
+});
+
+test('admission HTTP (finding 13): after one batch of 8 that took T, a lone request with a deadline under T still runs', async (t) => {
+  const s = await startService(t, { MAX_BATCH_SIZE: '8', MAX_QUEUE_DELAY_MS: '0' });
+  const url = (n: number): string => `/decode?shape=${n},4,8,8&scaling_factor=1&output_type=pt&partial_postprocess=1`;
+  const eight = await s.app.inject({ method: 'POST', url: url(8), payload: latents(8 * 4 * 8 * 8 * 4) });
+  assert.equal(eight.statusCode, 200, eight.body);
+  assert.deepEqual(s.batches.map((b) => b.sampleCount), [8]);
+  const t8 = s.batches[0]!.runMs;
+  // Old main estimated "an 8x8 run takes T" whatever the batch and refused this within a millisecond.
+  const deadline = Math.max(1, Math.round(t8 * 0.75));
+  const lone = await s.app.inject({ method: 'POST', url: url(1), headers: { 'x-request-timeout-ms': String(deadline) }, payload: latents(4 * 8 * 8 * 4) });
+  t.diagnostic(`8 samples ran in ${Math.round(t8)} ms; the lone request (deadline ${deadline} ms) got ${lone.statusCode} after a run of ${Math.round(s.batches[1]?.runMs ?? NaN)} ms`);
+  assert.doesNotMatch(lone.body, /cannot finish before its deadline/);
+  assert.deepEqual(s.batches.map((b) => b.sampleCount), [8, 1], 'the lone request reached the model');
 });
