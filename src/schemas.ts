@@ -209,7 +209,7 @@ export const modelsSchema: FastifySchema = {
               scalingFactor: { type: ['number', 'null'] },
               shiftFactor: { type: ['number', 'null'] },
               provider: { type: ['string', 'null'], description: 'ONNX Runtime execution provider in use' },
-              ready: { type: 'boolean' },
+              ready: { type: 'boolean', description: 'loaded, warmed up, every worker running, not draining: the rule /readyz applies to all models' },
               error: { type: 'string', description: 'Why the model cannot serve (a weight holding NaN or ±Inf, named); its requests get 503 MODEL_UNAVAILABLE' },
               builtin: { type: 'boolean' },
               source: { type: ['string', 'null'], description: 'Where the model came from' },

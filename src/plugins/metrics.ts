@@ -217,8 +217,8 @@ export class Metrics {
   /** The models' batch listener: once per batch run. */
   readonly onBatch = (model: string, b: BatchInfo): void => {
     this.batches.inc({ model });
-    this.batchSamples.inc({ model }, b.samples);
-    this.batchSize.observe({ model }, b.samples);
+    this.batchSamples.inc({ model }, b.sampleCount);
+    this.batchSize.observe({ model }, b.sampleCount);
     this.inferenceSeconds.observe({ model }, b.runMs / 1000);
     if (!b.ok) this.batchFailures.inc({ model });
   };

@@ -2,19 +2,19 @@
 // batcher (queue), the inference worker (infer), images/encode (encode); this file wires them to
 // the request, its deadline and its connection.
 import { errorCodes, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
-import { BatchTooLargeError, CancelledError, DeadlineError, QueueFullError } from '../batching/batcher.js';
+import { CancelledError, DeadlineError } from '../batching/batcher.js';
 import { ServiceError, toServiceError } from '../errors.js';
 import { CONTENT_TYPES, encodeImage } from '../images/encode.js';
 import type { OutputName } from '../inference/protocol.js';
 import { toDecoderSpace } from '../latents/fuse.js';
-import { formatFromAccept, parseOptions } from '../latents/options.js';
-import { bodyKind, checkBytes, checkShape, planLatents, readBody } from '../latents/parse.js';
+import { formatFromAccept, parseOptions, type DecodeOptions } from '../latents/options.js';
+import { bodyKind, checkShape, planLatents, readBody, type BodyKind } from '../latents/parse.js';
 import type { StageTimings } from '../plugins/metrics.js';
 import type { ModelHost } from '../plugins/models.js';
 import { contentEncoding } from '../plugins/uploads.js';
 import { decodeSchema, documentOnly } from '../schemas.js';
-import type { ServedModel } from '../serving/served-model.js';
-import { decodeTiled, tilingFor } from '../serving/tiled.js';
+import type { DecodeTicket, ServedModel } from '../serving/served-model.js';
+import { decodeTiled, queueDemand, tilingFor, type QueueDemand } from '../serving/tiled.js';
 
 function timeoutMs(req: FastifyRequest, max: number): number {
   const raw = req.headers['x-request-timeout-ms'];
@@ -27,8 +27,8 @@ function timeoutMs(req: FastifyRequest, max: number): number {
   return Math.min(v, max); // shortens, never lengthens
 }
 
-/** Bytes of a refused request's unread body worth draining to keep its connection open. */
-const DRAIN_AT_MOST = 64 * 1024;
+/** Bytes of a refused request's unread body worth reading and discarding to keep its connection open. */
+const DISCARD_AT_MOST = 64 * 1024;
 
 function registryOf(host: ModelHost): NonNullable<ModelHost['registry']> {
   if (host.draining) throw new ServiceError('SHUTTING_DOWN', 'the service is shutting down; retry on another replica');
@@ -40,16 +40,41 @@ function modelOf(registry: NonNullable<ModelHost['registry']>, name: string | un
   return registry.resolve(name);
 }
 
-/** The batcher would refuse these samples now: say so before reading or decoding anything more. */
-function admit(model: ServedModel, samples: number, maxQueueSize: number): void {
-  const b = model.batcher;
-  if (samples > maxQueueSize) throw toServiceError(new BatchTooLargeError(`${samples} samples is more than the queue holds (${maxQueueSize}); split the request`));
-  if (b.waitingSamples + samples > maxQueueSize) throw toServiceError(new QueueFullError(b.waitingSamples, b.retryAfter()));
+/**
+ * The decoder-space shape [N, C, h, w] a raw or .npy body will have, from the query string and
+ * Content-Length alone (checked against the model: 400s here); undefined when only the body says
+ * (a .npy without `shape` in the query, a raw body of unknown length without it).
+ */
+function shapeBeforeBody(kind: BodyKind, opts: DecodeOptions, model: ServedModel, length: number | undefined): readonly number[] | undefined {
+  if (kind === 'npy' || length === undefined) return checkShape(opts, model)?.shape;
+  // planLatents needs the byte count only, not the bytes: the shape, or the square latent it implies.
+  return planLatents({ options: opts, byteLength: length, bytes: () => Promise.reject(new Error('not read yet')) }, model).shape;
 }
 
 export default async function decodeRoutes(app: FastifyInstance): Promise<void> {
   const cfg = app.config;
   const host = app.models;
+  /** Each admitted request's reservation, from before its body until its response has gone. */
+  const admitted = new WeakMap<FastifyRequest, { model: ServedModel; ticket: DecodeTicket }>();
+
+  /**
+   * Reserves in `model`'s queue everything decoding `shape` will queue (every tile when tiled),
+   * reusing the room the request already holds; 413 or 429 (Retry-After) when it cannot. The
+   * reservation is released when the response has gone or the connection closed, whichever
+   * comes first (and by the handler when it is done): an aborted request never keeps it.
+   */
+  function admit(req: FastifyRequest, reply: FastifyReply, model: ServedModel, { demands, wording }: QueueDemand): DecodeTicket {
+    const held = admitted.get(req);
+    if (held?.model === model) {
+      held.ticket.replace(demands, wording);
+      return held.ticket;
+    }
+    held?.ticket.release();
+    const ticket = model.batcher.reserve(demands, wording);
+    admitted.set(req, { model, ticket });
+    reply.raw.once('close', () => ticket.release());
+    return ticket;
+  }
   // This plugin's own context: the other routes keep the app's parser.
   app.removeAllContentTypeParsers();
   /** Each request's deadline (performance.now() ms): REQUEST_TIMEOUT_MS or X-Request-Timeout-Ms from its arrival. */
@@ -65,8 +90,9 @@ export default async function decodeRoutes(app: FastifyInstance): Promise<void> 
 
   /**
    * Before the body is read, from the query string and headers alone: a request the service will
-   * refuse (draining, loading, unknown model, full queue, a bad shape or byte count) is answered
-   * without reading, buffering or parsing its megabytes. The handler checks everything again.
+   * refuse (draining, loading, unknown model, a bad shape or byte count, tiles, a full queue — in
+   * that order, queue room last) is answered without reading, buffering or parsing its megabytes,
+   * and one it admits holds room for everything it will queue. The handler checks again.
    */
   async function precheck(req: FastifyRequest, reply: FastifyReply): Promise<void> {
     try {
@@ -84,16 +110,16 @@ export default async function decodeRoutes(app: FastifyInstance): Promise<void> 
       const opts = parseOptions(query);
       const model = modelOf(registry, opts.model);
       app.metrics.noteOf(req).model = model.name;
-      const resolved = kind === 'raw' ? checkShape(opts, model) : undefined;
-      admit(model, resolved?.shape[0] ?? 1, cfg.maxQueueSize);
       if (length === 0) throw new ServiceError('EMPTY_BODY', 'the request body is empty: send the latents as raw bytes, a .npy file or JSON');
-      if (resolved && length !== undefined) checkBytes(opts, resolved.wireShape, length);
+      const shape = shapeBeforeBody(kind, opts, model, length);
+      // A shape only the body says: hold room for one sample until it is read.
+      admit(req, reply, model, shape ? queueDemand(shape, tilingFor(shape, opts, cfg)) : { demands: [{ sampleCount: 1 }], wording: {} });
     } catch (e) {
       // Fastify's body-limit error stays itself: the app's error handler words it.
       const err = e instanceof errorCodes.FST_ERR_CTP_BODY_TOO_LARGE ? e : toServiceError(e);
-      // Closing, not draining, the connection: Node would otherwise read the unread body to its
-      // end. A small body costs less to drain than the client's reconnection.
-      if (Number(req.headers['content-length'] ?? Infinity) > DRAIN_AT_MOST) reply.header('connection', 'close');
+      // Closing the connection: Node would otherwise read the unread body to its
+      // end. A small body costs less to read and discard than the client's reconnection.
+      if (Number(req.headers['content-length'] ?? Infinity) > DISCARD_AT_MOST) reply.header('connection', 'close');
       throw err;
     }
   }
@@ -129,16 +155,18 @@ export default async function decodeRoutes(app: FastifyInstance): Promise<void> 
       note.model = model.name;
       const plan = planLatents(wire, model);
       note.samples = plan.shape[0];
-      admit(model, note.samples, cfg.maxQueueSize);
+      const tiling = tilingFor(plan.shape, opts, cfg);
+      // The room held since the headers covers this shape exactly, unless the body alone said it.
+      const ticket = admit(req, reply, model, queueDemand(plan.shape, tiling));
       const tensor = await toDecoderSpace(plan, await wire.bytes());
       timings.parse = performance.now() - start;
 
       const wantsFloat = opts.outputType === 'tensor' && !opts.partialPostprocess;
       const fetch: OutputName[] = [wantsFloat ? 'sample' : 'image'];
-      const tiling = tilingFor(tensor.shape, opts, cfg);
+      const run = { ticket, deadline, signal: controller.signal };
       const decoded = tiling
-        ? await decodeTiled(model, tensor, tiling, fetch, { deadline, signal: controller.signal, maxBatchSize: cfg.maxBatchSize, maxBatchLatentPixels: cfg.maxBatchLatentPixels, maxQueueSize: cfg.maxQueueSize })
-        : await model.decode(tensor, fetch, { deadline, signal: controller.signal });
+        ? await decodeTiled(model, tensor, tiling, fetch, { ...run, maxBatchSize: cfg.maxBatchSize, maxBatchLatentPixels: cfg.maxBatchLatentPixels })
+        : await model.decode(tensor, fetch, run);
       timings.queue = decoded.queueMs;
       timings.infer = decoded.runMs;
       // Dropped before encoding: nobody would read the image.
@@ -148,7 +176,7 @@ export default async function decodeRoutes(app: FastifyInstance): Promise<void> 
       if (opts.outputType === 'tensor') {
         const { n, height, width } = decoded;
         const [shape, dtype, data] = wantsFloat
-          ? [[n, 3, height, width], 'float32', decoded.samples!]
+          ? [[n, 3, height, width], 'float32', decoded.sample!]
           : [[n, height, width, 3], 'uint8', concat(decoded.images!)];
         reply.header('shape', JSON.stringify(shape)).header('dtype', dtype).type('application/octet-stream');
         timings.encode = performance.now() - t;
@@ -169,6 +197,7 @@ export default async function decodeRoutes(app: FastifyInstance): Promise<void> 
     } finally {
       clearTimeout(timer);
       reply.raw.off('close', onClose);
+      admitted.get(req)?.ticket.release();
       host.inflight--;
     }
   });

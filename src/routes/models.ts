@@ -1,4 +1,5 @@
-// GET /v1/models: what is served, on which execution provider, with which factors.
+// GET /v1/models: what is served, on which execution provider, with which factors, and whether
+// each model is ready by /readyz's rule (loaded, warmed, every worker running, not draining).
 import type { FastifyInstance } from 'fastify';
 import { modelsSchema } from '../schemas.js';
 
@@ -18,7 +19,7 @@ export default async function modelRoutes(app: FastifyInstance): Promise<void> {
         scalingFactor: m.scalingFactor,
         shiftFactor: m.shiftFactor,
         provider: m.io.provider,
-        ready: !host.draining,
+        ready: host.modelReady(m),
         builtin: m.spec.builtin,
         source: m.spec.file.source ?? m.spec.modelPath ?? null,
       })).concat([...reg.unavailable].map(([name, u]) => ({
