@@ -10,7 +10,7 @@ import { readNpy } from '../src/tensor/npy.js';
 import { TileAssembler, toLevel } from '../src/tiling/assemble.js';
 import { needsTiling, pixelLayout, planTiles, tileGroups } from '../src/tiling/plan.js';
 import { fixture } from './helpers/paths.js';
-import { fragileModel } from './helpers/models.js';
+import { fragileModel, overflowingModel } from './helpers/models.js';
 import { bytesOf, loadFixture, maxAbsDiff, pixels, sampleLatents, startService, tempDir, type TestService } from './helpers/service.js';
 
 // ---- pure: planning and blending ----
@@ -282,8 +282,9 @@ test('tiling HTTP: one tile failing fails the request and drops its other tiles'
 });
 
 test('tiling HTTP: a tile whose output is not finite is named as a tile, not a sample', async (t) => {
-  const s = await startService(t, { TILE_LATENT_SIDE: '16', MAX_QUEUE_DELAY_MS: '0' });
-  const huge = new Float32Array(4 * 40 * 40).fill(1e38);
+  // In-range latents (|z| ≈ 5500) that a real model overflows (weights of 1e35): the 422 path.
+  const s = await startService(t, { MODEL_PATH: overflowingModel(tempDir(t)), TILE_LATENT_SIDE: '16', MAX_QUEUE_DELAY_MS: '0', WARMUP_LATENT_SIZES: '16x16' });
+  const huge = new Float32Array(4 * 40 * 40).fill(1000);
   const res = await s.app.inject({ method: 'POST', url: `/decode?shape=1,4,40,40&${Q}`, payload: bytesOf(huge) });
   assert.equal(res.statusCode, 422, res.body);
   const err = (res.json() as { error: { code: string; message: string } }).error;
