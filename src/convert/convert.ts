@@ -2,10 +2,10 @@
 // VAE or TAESD) is told from the keys. Weights stream from the checkpoint into the output file
 // one tensor at a time, so peak memory stays near the size of the largest tensor rather than the
 // model or the checkpoint.
-import { mkdir, rename, rm, writeFile } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { writeModelFile, type ElemType } from '../onnx/graph.js';
 import { checkFp16, type Fp16Report } from './fp16-guard.js';
+import { prepareOutput, writeAtomically, writeTextAtomically } from './output.js';
 import { SafetensorsFile } from './safetensors.js';
 import { buildTaesdGraph } from './taesd-graph.js';
 import { TaesdWeights, detectTaesd } from './taesd-weights.js';
@@ -37,6 +37,9 @@ export interface ConvertOptions {
   /** Write config.json beside the model; defaults to true when `out` is named model.onnx. */
   writeConfig?: boolean;
   onProgress?: (done: number, total: number) => void;
+  /** Convert weights holding NaN or ±Inf (reported through `warn`) instead of refusing them. */
+  allowNonFinite?: boolean;
+  warn?: (message: string) => void;
 }
 
 export interface ConvertResult {
@@ -60,8 +63,8 @@ interface DecoderSource {
   build(type: ElemType): DecoderGraph;
 }
 
-async function openDecoder(path: string): Promise<DecoderSource> {
-  const file = await SafetensorsFile.open(path);
+async function openDecoder(path: string, opts: Pick<ConvertOptions, 'allowNonFinite' | 'warn'>): Promise<DecoderSource> {
+  const file = await SafetensorsFile.open(path, { allowNonFinite: opts.allowNonFinite, warn: opts.warn });
   if (detectTaesd(new Set(file.keys()))) {
     const w = await TaesdWeights.fromFile(file);
     return {
@@ -85,10 +88,19 @@ async function openDecoder(path: string): Promise<DecoderSource> {
   };
 }
 
+/**
+ * Converts a checkpoint into an ONNX decoder at `opts.out` (+ config.json in a repository folder).
+ * The output path is checked before the checkpoint is read; both files are written under
+ * temporary names and renamed.
+ * @throws OutputPathError for an output that cannot be a model file; Error naming the checkpoint
+ *   and the tensor for a bad header, a missing or misshapen weight, a NaN or ±Inf weight (unless
+ *   `allowNonFinite`), a refused float16 conversion
+ */
 export async function convertCheckpoint(opts: ConvertOptions): Promise<ConvertResult> {
   const started = performance.now();
   const inRepoFolder = basename(opts.out) === MODEL_FILE;
-  const src = await openDecoder(opts.weights);
+  await prepareOutput(opts.out);
+  const src = await openDecoder(opts.weights, opts);
   try {
     const factors = resolveFactors(src, opts);
     const precision: Precision = opts.fp16 ? 'fp16' : 'fp32';
@@ -116,14 +128,11 @@ export async function convertCheckpoint(opts: ConvertOptions): Promise<ConvertRe
         ...(config.family ? { family: config.family } : {}),
       },
     });
-    await mkdir(dirname(opts.out), { recursive: true });
     // written under a temporary name so a model repository never sees a half-written model, nor
     // a float16 one the guard refuses
-    const partial = `${opts.out}.partial`;
-    let bytes: number;
     let fp16Check: Fp16Report | undefined;
-    try {
-      bytes = await writeModelFile(partial, model, refs.map((r) => ({
+    const bytes = await writeAtomically(opts.out, async (partial) => {
+      const n = await writeModelFile(partial, model, refs.map((r) => ({
         name: r.name,
         type,
         dims: r.dims,
@@ -136,13 +145,10 @@ export async function convertCheckpoint(opts: ConvertOptions): Promise<ConvertRe
           latentChannels: config.latentChannels, scalingFactor: config.scalingFactor, shiftFactor: config.shiftFactor,
         });
       }
-      await rename(partial, opts.out);
-    } catch (err) {
-      await rm(partial, { force: true });
-      throw err;
-    }
+      return n;
+    });
     if (opts.writeConfig ?? inRepoFolder) {
-      await writeFile(join(dirname(opts.out), CONFIG_FILE), `${JSON.stringify(config, null, 2)}\n`);
+      await writeTextAtomically(join(dirname(opts.out), CONFIG_FILE), `${JSON.stringify(config, null, 2)}\n`);
     }
     return {
       config: { ...config, ...src.shape },

@@ -7,6 +7,7 @@ import type { BatchInfo } from '../batching/batcher.js';
 import type { Config } from '../config.js';
 import type { RunnerLogger } from '../inference/runner.js';
 import { ModelRegistry } from '../serving/registry.js';
+import type { ServedModel } from '../serving/served-model.js';
 
 declare module 'fastify' {
   interface FastifyInstance {
@@ -38,6 +39,11 @@ export class ModelHost {
   /** Loaded, warm, every worker running, not draining: what /readyz answers. */
   get ready(): boolean {
     return this.registry !== undefined && !this.draining && this.registry.healthy;
+  }
+
+  /** The same rule for one model (/v1/models `ready`): loaded and warmed, every worker running, not draining. */
+  modelReady(model: ServedModel): boolean {
+    return this.registry?.get(model.name) === model && !this.draining && model.healthy;
   }
 
   async load(): Promise<ModelRegistry> {

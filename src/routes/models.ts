@@ -1,4 +1,5 @@
-// GET /v1/models: what is served, on which execution provider, with which factors.
+// GET /v1/models: what is served, on which execution provider, with which factors, and whether
+// each model is ready by /readyz's rule (loaded, warmed, every worker running, not draining).
 import type { FastifyInstance } from 'fastify';
 import { modelsSchema } from '../schemas.js';
 
@@ -8,7 +9,7 @@ export default async function modelRoutes(app: FastifyInstance): Promise<void> {
     const reg = host.registry;
     return {
       defaultModel: reg?.defaultName ?? null,
-      models: reg ? [...reg.models.values()].map((m) => ({
+      models: reg ? [...reg.models.values()].map((m): Record<string, unknown> => ({
         name: m.name,
         default: m.name === reg.defaultName,
         family: m.family ?? null,
@@ -18,10 +19,24 @@ export default async function modelRoutes(app: FastifyInstance): Promise<void> {
         scalingFactor: m.scalingFactor,
         shiftFactor: m.shiftFactor,
         provider: m.io.provider,
-        ready: !host.draining,
+        ready: host.modelReady(m),
         builtin: m.spec.builtin,
         source: m.spec.file.source ?? m.spec.modelPath ?? null,
-      })) : [],
+      })).concat([...reg.unavailable].map(([name, u]) => ({
+        name,
+        default: name === reg.defaultName,
+        family: u.spec.file.family ?? null,
+        channels: u.spec.file.latentChannels ?? null,
+        instances: 0,
+        precision: u.spec.file.precision ?? 'unknown',
+        scalingFactor: u.spec.file.scalingFactor ?? null,
+        shiftFactor: u.spec.file.shiftFactor ?? null,
+        provider: null,
+        ready: false,
+        error: u.reason,
+        builtin: false,
+        source: u.spec.file.source ?? u.spec.modelPath ?? null,
+      }))) : [],
     };
   });
 }
