@@ -105,7 +105,7 @@ test('packed: a FLUX-packed request answers byte for byte what the unpacked one 
   const unpacked = await readNpy(path.join(TAESD, 'taesd16-latents.npy'));
   const want = await app.inject({ method: 'POST', url: '/decode?shape=2,16,16,16', headers: raw, payload: bytesOf(unpacked.data as Float32Array) });
   assert.equal(want.statusCode, 200, want.body);
-  const images = (want.json() as { images: { data: string }[] }).images;
+  const images = want.json<{ images: { data: string }[] }>().images;
   assert.equal(images.length, 2);
   assert.notEqual(images[0]!.data, images[1]!.data);
   const data = packed.data as Float32Array;

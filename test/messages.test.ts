@@ -50,7 +50,7 @@ test('messages: an ONNX Runtime failure answers 500 INFERENCE_FAILED over HTTP n
   const res = await app.inject({ method: 'POST', url: '/decode?shape=1,4,8,8', payload: Buffer.alloc(4 * 4 * 8 * 8), headers: { 'x-request-id': 'run-fails' } });
   assert.equal(res.statusCode, 500, res.body);
   assert.equal(res.headers['x-request-id'], 'run-fails');
-  const { error } = res.json() as { error: { code: string; message: string; requestId: string } };
+  const { error } = res.json<{ error: { code: string; message: string; requestId: string } }>();
   assert.equal(error.code, 'INFERENCE_FAILED');
   assert.match(error.message, /fragile.*1x4x8x8/);
   assert.equal(error.requestId, 'run-fails');

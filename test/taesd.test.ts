@@ -99,7 +99,7 @@ test('served TAESD models (4 and 16 channels, MODEL_PATH) report their family, u
       headers: { 'content-type': 'application/octet-stream' }, payload: bytesOf(f.latents),
     });
     assert.equal(res.statusCode, 200, res.body);
-    const body = res.json() as { images: { data: string }[] };
+    const body = res.json<{ images: { data: string }[] }>();
     assert.equal(body.images.length, 2);
     const plane = 128 * 128 * 3;
     for (let i = 0; i < 2; i++) {
