@@ -22,5 +22,15 @@ export default tseslint.config(
   {
     files: ['**/*.js', '**/*.cjs', '**/*.mjs'],
     ...tseslint.configs.disableTypeChecked,
+    // Plain JS runs on Node: its globals, written out rather than adding the `globals` package
+    // for the one launcher script (TypeScript checks the .ts files' globals itself).
+    languageOptions: {
+      ...tseslint.configs.disableTypeChecked.languageOptions,
+      globals: Object.fromEntries([
+        'process', 'Buffer', 'URL', 'URLSearchParams', 'console', 'performance', 'fetch',
+        'setTimeout', 'clearTimeout', 'setInterval', 'clearInterval', 'setImmediate', 'clearImmediate',
+        'queueMicrotask', 'structuredClone', 'AbortController', 'AbortSignal', 'TextEncoder', 'TextDecoder',
+      ].map((name) => [name, 'readonly'])),
+    },
   },
 );
