@@ -2,7 +2,6 @@
 import assert from 'node:assert/strict';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
-import path from 'node:path';
 import { test } from 'node:test';
 import { toFloat32 } from '../src/tensor/dtype.js';
 import { fragileModel } from './helpers/models.js';
