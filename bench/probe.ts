@@ -21,7 +21,7 @@ export interface ProbeResult {
   failures: number;
 }
 
-async function main(): Promise<void> {
+function main(): void {
   const spec = JSON.parse(process.argv[2]!) as ProbeSpec;
   const pool = new Pool(spec.origin, { connections: 16, pipelining: 1, headersTimeout: 120_000, bodyTimeout: 120_000 });
   const latencies: number[] = [];
@@ -59,4 +59,4 @@ async function main(): Promise<void> {
   if (spec.seconds > 0) setTimeout(() => void finish(), spec.seconds * 1000);
 }
 
-if (process.argv[2]) await main();
+if (process.argv[2]) main();

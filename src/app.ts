@@ -126,5 +126,5 @@ export const appPlugin = fp(app, { name: 'latent-decoder', fastify: '5.x' });
 export function buildApp(opts: AppOptions & { logger: FastifyServerOptions['loggerInstance'] }): FastifyInstance {
   const instance = Fastify({ loggerInstance: opts.logger, ...serverOptions(opts.config) });
   void instance.register(appPlugin, { config: opts.config, models: opts.models });
-  return instance as unknown as FastifyInstance;
+  return instance;
 }

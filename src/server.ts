@@ -60,7 +60,7 @@ closeWithGrace({
   logger: false,
   onSecondSignal: (signal) => {
     log.warn({ signal }, 'second signal: exiting now');
-    terminate(signal as NodeJS.Signals);
+    terminate(signal);
   },
 }, async ({ signal, err }) => {
   if (err) log.error({ err }, 'exiting on an uncaught error');

@@ -9,13 +9,13 @@
 // (the Deployment sets it from the Downward API, limits.cpu, because os.availableParallelism()
 // sees the node's cores, not a CFS quota), else os.availableParallelism(); never below libuv's 4,
 // which also serves file and DNS work.
-import os = require('node:os');
+import { availableParallelism } from 'node:os'; // compiled to require(): this file is CommonJS
 import './inference/telemetry.cjs'; // ONNX Runtime telemetry off from the first line (see that file)
 
 const MAX = 1024; // libuv's own upper bound
 
 if (!process.env.UV_THREADPOOL_SIZE) {
   const limit = Number(process.env.CPU_LIMIT);
-  const cpus = Number.isInteger(limit) && limit > 0 ? limit : os.availableParallelism();
+  const cpus = Number.isInteger(limit) && limit > 0 ? limit : availableParallelism();
   process.env.UV_THREADPOOL_SIZE = String(Math.min(MAX, Math.max(4, cpus)));
 }

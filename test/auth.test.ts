@@ -47,8 +47,8 @@ test('auth: with two tokens both are accepted, anything else gets 401 UNAUTHORIZ
     for (const req of [{ url: '/v1/models', headers }, { ...decode, headers }]) {
       const res = await app.inject(req);
       assert.equal(res.statusCode, 401, `${what}: ${req.url}`);
-      assert.equal(res.json().error.code, 'UNAUTHORIZED', what);
-      assert.ok(res.json().error.message, what);
+      assert.equal(res.json<{ error: { code: string } }>().error.code, 'UNAUTHORIZED', what);
+      assert.ok(res.json<{ error: { message: string } }>().error.message, what);
       assert.match(res.headers['www-authenticate'] as string, /^Bearer realm="latent-decoder"/, what);
     }
   }

@@ -115,7 +115,7 @@ test('bad input: each mistake gets its status, code and a message naming it; a g
     const res = await app.inject({ method: 'POST', url: c.url ?? '/decode', headers: c.headers, payload: c.payload });
     assert.equal(res.statusCode, c.status, `${c.name}: ${res.body}`);
     assert.match(String(res.headers['content-type']), /application\/json/, c.name);
-    const body = res.json() as { error: { code: string; message: string } };
+    const body = res.json<{ error: { code: string; message: string } }>();
     assert.equal(body.error.code, c.code, `${c.name}: ${body.error.message}`);
     assert.match(body.error.message, c.message, c.name);
     const ok = await app.inject({ method: 'POST', url: '/decode?shape=1,4,16,16&scaling_factor=1', headers: raw, payload: good });
@@ -127,5 +127,5 @@ test('bad input: unknown routes and methods answer the error body', async (t) =>
   const { app } = await startService(t);
   const res = await app.inject({ method: 'GET', url: '/decode' });
   assert.equal(res.statusCode, 404);
-  assert.equal((res.json() as { error: { code: string } }).error.code, 'NOT_FOUND');
+  assert.equal(res.json<{ error: { code: string } }>().error.code, 'NOT_FOUND');
 });

@@ -2,7 +2,6 @@
 import assert from 'node:assert/strict';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
-import path from 'node:path';
 import { test } from 'node:test';
 import { toFloat32 } from '../src/tensor/dtype.js';
 import { fragileModel } from './helpers/models.js';
@@ -81,7 +80,7 @@ test('batching: past MAX_QUEUE_SIZE requests get 429 with Retry-After', async (t
   assert.deepEqual(codes, [200, 200, 429, 429, 429, 429, 429, 429]);
   const rejected = res.filter((r) => r.statusCode === 429);
   for (const r of rejected) {
-    assert.equal((r.json() as { error: { code: string } }).error.code, 'QUEUE_FULL');
+    assert.equal(r.json<{ error: { code: string } }>().error.code, 'QUEUE_FULL');
     assert.match(String(r.headers['retry-after']), /^[1-9]\d*$/);
   }
   assert.equal((await decode(s, bigLatent(9), '1,4,32,32')).statusCode, 200, 'served again once drained');
@@ -93,7 +92,7 @@ test('batching: a short deadline gives 504 and the request is dropped before its
   await busyModel(s, 1);
   const late = await decode(s, bigLatent(3), '1,4,32,32', { 'x-request-timeout-ms': '30' });
   assert.equal(late.statusCode, 504, late.body);
-  assert.equal((late.json() as { error: { code: string } }).error.code, 'DEADLINE_EXCEEDED');
+  assert.equal(late.json<{ error: { code: string } }>().error.code, 'DEADLINE_EXCEEDED');
   await Promise.all(busy);
   assert.equal(s.batches.length, 2, 'only the two busy requests ran');
   const bad = await decode(s, bigLatent(4), '1,4,32,32', { 'x-request-timeout-ms': 'soon' });
@@ -128,7 +127,7 @@ test('batching: an ONNX Runtime failure fails only its batch, with a 500 naming 
     decode(s, new Float32Array(4 * 16 * 16), '1,4,16,16'),
   ]);
   assert.equal(bad.statusCode, 500);
-  const err = (bad.json() as { error: { code: string; message: string } }).error;
+  const err = bad.json<{ error: { code: string; message: string } }>().error;
   assert.equal(err.code, 'INFERENCE_FAILED');
   assert.match(err.message, /fragile.*1x4x8x8.*Reshape|reshape/i);
   assert.equal(good.statusCode, 200, good.body);

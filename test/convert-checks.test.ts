@@ -100,7 +100,7 @@ test('convert: an output that is not a regular file (FIFO, device, /proc) is ref
   assert.match(cliRun.stderr, /^latent-decoder: cannot write \/proc\/self\/x\/model\.onnx: \/proc\/self is on procfs/);
 });
 
-test('CLI: a folder the user cannot write is named with the way out (EACCES)', { timeout: 60_000 }, async (t) => {
+test('CLI: a folder the user cannot write is named with the way out (EACCES)', { timeout: 60_000 }, (t) => {
   const dir = tempDir(t);
   const models = join(dir, 'models');
   mkdirSync(models);

@@ -15,7 +15,7 @@ const TOLERANCE = 1e-4; // what the fixture README promises for a correct float3
 const MIN_FP16_PSNR = 40;
 
 test('LDM checkpoint (F32, first_stage_model. prefix, unrelated keys) converts and matches reference.npy', async (t) => {
-  const dir = await tempDir(t);
+  const dir = tempDir(t);
   const out = join(dir, 'sd', 'model.onnx');
   const r = await convertCheckpoint({ weights: fixture('ldm.safetensors'), out });
   assert.deepEqual(
@@ -37,7 +37,7 @@ test('LDM checkpoint (F32, first_stage_model. prefix, unrelated keys) converts a
 });
 
 test('diffusers checkpoint (F16) converts and matches reference.npy; a bare .onnx path writes no config.json', async (t) => {
-  const dir = await tempDir(t);
+  const dir = tempDir(t);
   const out = join(dir, 'vae.onnx');
   const r = await convertCheckpoint({ weights: fixture('diffusers.safetensors'), out, scalingFactor: 0.13025, shiftFactor: 0.1 });
   assert.equal(r.config.name, 'vae');
@@ -49,7 +49,7 @@ test('diffusers checkpoint (F16) converts and matches reference.npy; a bare .onn
 });
 
 test('--fp16 conversion stays within 40 dB PSNR of reference.npy at half the size', async (t) => {
-  const dir = await tempDir(t);
+  const dir = tempDir(t);
   const fp32 = await convertCheckpoint({ weights: fixture('ldm.safetensors'), out: join(dir, 'fp32.onnx') });
   const out = join(dir, 'fp16.onnx');
   const r = await convertCheckpoint({ weights: fixture('ldm.safetensors'), out, fp16: true });
@@ -62,7 +62,7 @@ test('--fp16 conversion stays within 40 dB PSNR of reference.npy at half the siz
 });
 
 test("diffusers' legacy attention names (query/key/value/proj_attn) convert", async (t) => {
-  const dir = await tempDir(t);
+  const dir = tempDir(t);
   const legacy: Record<string, string> = { to_q: 'query', to_k: 'key', to_v: 'value', 'to_out.0': 'proj_attn' };
   const weights = await rewriteCheckpoint(fixture('diffusers.safetensors'), join(dir, 'legacy.safetensors'), (ts) =>
     ts.map((x) => ({ ...x, name: x.name.replace(/attentions\.0\.(to_q|to_k|to_v|to_out\.0)\./, (_, n: string) => `attentions.0.${legacy[n]}.`) })));
@@ -73,7 +73,7 @@ test("diffusers' legacy attention names (query/key/value/proj_attn) convert", as
 });
 
 test('a 16-channel decoder without post_quant_conv: inferred, and both layouts give the same output', async (t) => {
-  const dir = await tempDir(t);
+  const dir = tempDir(t);
   const cfg: VaeConfig = { ch: 32, chMult: [1, 2], numResBlocks: 1, latentChannels: 16, hasPostQuantConv: false };
   const outputs = [];
   for (const layout of ['ldm', 'diffusers'] as const) {
@@ -95,7 +95,7 @@ test('a 16-channel decoder without post_quant_conv: inferred, and both layouts g
 });
 
 test('BF16 weights are widened to float32 and convert', async (t) => {
-  const dir = await tempDir(t);
+  const dir = tempDir(t);
   const toBf16 = (x: Float32Array) => {
     const words = new Uint32Array(x.buffer, x.byteOffset, x.length);
     return Uint16Array.from(words, (w) => (w + 0x7fff + ((w >>> 16) & 1)) >>> 16); // round to nearest even
@@ -110,7 +110,7 @@ test('BF16 weights are widened to float32 and convert', async (t) => {
 });
 
 test('extra unrelated keys (UNet, text encoder, quant_conv) are ignored', async (t) => {
-  const dir = await tempDir(t);
+  const dir = tempDir(t);
   const extra = (name: string) => ({ name, dtype: 'F32' as const, shape: [3], data: new Float32Array([1, 2, 3]) });
   const weights = await rewriteCheckpoint(fixture('ldm.safetensors'), join(dir, 'full.safetensors'), (ts) =>
     [extra('model.diffusion_model.x'), extra('cond_stage_model.transformer.y'), ...ts]);
@@ -120,7 +120,7 @@ test('extra unrelated keys (UNet, text encoder, quant_conv) are ignored', async 
 });
 
 test('a truncated checkpoint and a bad header fail with messages naming the file and tensor', async (t) => {
-  const dir = await tempDir(t);
+  const dir = tempDir(t);
   const truncated = join(dir, 'truncated.safetensors');
   const src = await readFile(fixture('ldm.safetensors'));
   await writeFile(truncated, src.subarray(0, src.length - 1000));
@@ -139,7 +139,7 @@ test('a truncated checkpoint and a bad header fail with messages naming the file
 });
 
 test('a missing or mis-shaped tensor fails naming the tensor and the file', async (t) => {
-  const dir = await tempDir(t);
+  const dir = tempDir(t);
   const missing = await rewriteCheckpoint(fixture('diffusers.safetensors'), join(dir, 'missing.safetensors'), (ts) =>
     ts.filter((x) => x.name !== 'decoder.up_blocks.1.resnets.2.conv2.weight'));
   await assert.rejects(convertCheckpoint({ weights: missing, out: join(dir, 'a.onnx') }),
@@ -191,7 +191,7 @@ test('CLI: --help exits 0; usage errors exit 2; convert works end to end; failur
   assert.match(usage.stderr, /convert takes 2 arguments, got 1/);
   assert.equal(cli(['convert', 'a', 'b', '--scaling-factor', 'abc']).status, 2);
 
-  const dir = await tempDir(t);
+  const dir = tempDir(t);
   const out = join(dir, 'models', 'sd-fp16', 'model.onnx');
   const run = cli(['convert', fixture('diffusers.safetensors'), out, '--fp16', '--name', 'sd-fp16']);
   assert.equal(run.status, 0, run.stderr);

@@ -37,7 +37,7 @@ test('decode: N=2 answers JSON images in request order', async (t) => {
   const f = await loadFixture();
   const res = await app.inject({ method: 'POST', url: `/decode?shape=2,4,16,16&${Q}`, payload: bytesOf(f.latents), headers: { 'content-type': 'application/octet-stream' } });
   assert.equal(res.statusCode, 200, res.body);
-  const body = res.json() as { images: { contentType: string; data: string }[] };
+  const body = res.json<{ images: { contentType: string; data: string }[] }>();
   assert.equal(body.images.length, 2);
   for (let i = 0; i < 2; i++) {
     assert.equal(body.images[i]!.contentType, 'image/png');
@@ -122,7 +122,7 @@ test('decode: the model scaling factor applies unless the request overrides it',
   const res = await app.inject({ method: 'POST', url: '/decode?shape=1,4,16,16&output_type=pt&partial_postprocess=1', payload: bytesOf(scaled) });
   assert.equal(res.statusCode, 200, res.body);
   assert.ok(maxAbsDiff(res.rawPayload, f.rgb.subarray(0, RGB)) <= 1);
-  const models = (await app.inject('/v1/models')).json() as { models: { name: string; scalingFactor: number; provider: string; default: boolean }[] };
+  const models = (await app.inject('/v1/models')).json<{ models: { name: string; scalingFactor: number; provider: string; default: boolean }[] }>();
   const served = models.models.find((m) => m.default)!;
   assert.equal(served.name, 'torch-export');
   assert.equal(served.scalingFactor, 0.18215);

@@ -306,7 +306,7 @@ test('schema validators are active (negative controls)', async () => {
     spec: { selector: {}, template: { spec: { containers: [{ name: 'a', readinesProbe: { httpGet: { path: '/readyz', port: 8080 } } }] } } },
   };
   assert.doesNotThrow(() => new Model(typo).validate());
-  const errors = unknownFieldErrors([typo as K8sObject]);
+  const errors = unknownFieldErrors([typo]);
   assert.equal(errors.length, 1, errors.join('\n'));
   assert.match(errors[0] ?? '', /readinesProbe/);
   // The egress evaluator sees an open rule and an ipBlock's exceptions.

@@ -32,7 +32,7 @@ function refusedEarly(port: number, url: string, headers: Record<string, string>
       if (data.length - end - 4 < len) return false;
       clearTimeout(timer);
       sock.destroy();
-      resolve({ status: Number(lines[0]!.split(' ')[1]), headers: hs, body: JSON.parse(data.subarray(end + 4, end + 4 + len).toString()) });
+      resolve({ status: Number(lines[0]!.split(' ')[1]), headers: hs, body: JSON.parse(data.subarray(end + 4, end + 4 + len).toString()) as Answer['body'] });
       return true;
     };
     sock.on('data', (d: Buffer) => {

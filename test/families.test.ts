@@ -28,7 +28,7 @@ test('--family sets the factors and is recorded; explicit factors win; the table
   const out = join(dir, 'sdxl', 'model.onnx');
   const r = await convertCheckpoint({ weights: fixture('ldm.safetensors'), out, family: 'sdxl' });
   assert.deepEqual([r.config.scalingFactor, r.config.shiftFactor, r.config.family], [0.13025, 0, 'sdxl']);
-  assert.equal(JSON.parse(await readFile(join(dir, 'sdxl', 'config.json'), 'utf8')).family, 'sdxl');
+  assert.equal((JSON.parse(await readFile(join(dir, 'sdxl', 'config.json'), 'utf8')) as { family: string }).family, 'sdxl');
   const meta = await modelMetadata(out);
   assert.deepEqual([meta.scaling_factor, meta.family], ['0.13025', 'sdxl']);
   const own = await convertCheckpoint({ weights: fixture('ldm.safetensors'), out: join(dir, 'own.onnx'), family: 'sd2', scalingFactor: 0.2 });
@@ -103,7 +103,7 @@ test('CLI: convert --family taesd records it; an unknown --family is a usage err
   assert.equal(run.status, 0, run.stderr);
   assert.match(run.stdout, /taesd, 4 latent channels, TAESD \(diffusers layout\), 64 ch, fp16, scaling 1 shift 0, family taesd/);
   assert.match(run.stdout, /float16 check: max activation \S+ \(limit 32752\), PSNR \S+ dB against float32/);
-  assert.equal(JSON.parse(await readFile(join(dir, 'models', 'taesd', 'config.json'), 'utf8')).family, 'taesd');
+  assert.equal((JSON.parse(await readFile(join(dir, 'models', 'taesd', 'config.json'), 'utf8')) as { family: string }).family, 'taesd');
   const models = cli(['models', '--models-dir', join(dir, 'models')]);
   assert.match(models.stdout, /^NAME\s+CHANNELS\s+PRECISION\s+SCALING\s+SHIFT\s+SIZE\s+FAMILY$/m);
   assert.match(models.stdout, /^taesd\s+4\s+fp16\s+1\s+0\s+\d+\.\d MiB\s+taesd$/m);

@@ -77,7 +77,7 @@ test('packed: the FLUX-packed fixture unpacks to the 16-channel latents exactly'
   assert.equal(options.packed, true);
   const model = { name: 'flux16', channels: 16, scalingFactor: 1, shiftFactor: 0, maxLatentSide: 128 };
   const data = packed.data as Float32Array;
-  const plan = planLatents({ options, byteLength: data.byteLength, bytes: async () => bytesOf(data) }, model);
+  const plan = planLatents({ options, byteLength: data.byteLength, bytes: () => Promise.resolve(bytesOf(data)) }, model);
   assert.deepEqual(plan.shape, [2, 16, 16, 16]);
   const tensor = await toDecoderSpace(plan, bytesOf(data));
   assert.deepEqual(tensor.shape, unpacked.shape);
@@ -105,7 +105,7 @@ test('packed: a FLUX-packed request answers byte for byte what the unpacked one 
   const unpacked = await readNpy(path.join(TAESD, 'taesd16-latents.npy'));
   const want = await app.inject({ method: 'POST', url: '/decode?shape=2,16,16,16', headers: raw, payload: bytesOf(unpacked.data as Float32Array) });
   assert.equal(want.statusCode, 200, want.body);
-  const images = (want.json() as { images: { data: string }[] }).images;
+  const images = want.json<{ images: { data: string }[] }>().images;
   assert.equal(images.length, 2);
   assert.notEqual(images[0]!.data, images[1]!.data);
   const data = packed.data as Float32Array;
@@ -137,7 +137,7 @@ test('hints: a suggested layout decodes what was meant; height and width that ag
   const nhwc = toNhwc(crop, [1, 4, 8, 8]);
   const hinted = await app.inject({ method: 'POST', url: '/decode?shape=1,8,8,4&output_type=pt', headers: raw, payload: bytesOf(nhwc) });
   assert.equal(hinted.statusCode, 400);
-  const hint = /pass (layout=nhwc)$/.exec(hinted.json().error.message as string)?.[1];
+  const hint = /pass (layout=nhwc)$/.exec(hinted.json<{ error: { message: string } }>().error.message)?.[1];
   assert.equal(hint, 'layout=nhwc', hinted.body);
   const followed = await app.inject({ method: 'POST', url: `/decode?shape=1,8,8,4&output_type=pt&${hint}`, headers: raw, payload: bytesOf(nhwc) });
   const nchw = await app.inject({ method: 'POST', url: '/decode?shape=1,4,8,8&output_type=pt', headers: raw, payload: bytesOf(crop) });

@@ -24,14 +24,12 @@ test('messages: X-Request-Id is echoed when it is 1-128 printable ASCII characte
 
 test('messages: an unexpected error answers 500 over HTTP with a generic message and the request id, never its text; the log keeps it', async (t) => {
   const lines: Record<string, unknown>[] = [];
-  const sink = new Writable({ write(chunk, _enc, cb) { lines.push(JSON.parse(String(chunk))); cb(); } });
+  const sink = new Writable({ write(chunk, _enc, cb) { lines.push(JSON.parse(String(chunk)) as Record<string, unknown>); cb(); } });
   const app = buildApp({ config: loadConfig({ MODEL_PATH: '' }), logger: pino({ level: 'info' }, sink) });
   t.after(() => app.close());
   // A route of this test's own: nothing in the service throws a plain Error on purpose, and the
   // error handler under test is the app's, whatever route the error comes from.
-  app.get('/boom', async () => {
-    throw new Error('secret path /var/lib/x exploded');
-  });
+  app.get('/boom', () => Promise.reject(new Error('secret path /var/lib/x exploded')));
   await app.ready();
   const res = await app.inject({ url: '/boom', headers: { 'x-request-id': 'req-500' } });
   assert.equal(res.statusCode, 500);
@@ -50,19 +48,19 @@ test('messages: an ONNX Runtime failure answers 500 INFERENCE_FAILED over HTTP n
   const res = await app.inject({ method: 'POST', url: '/decode?shape=1,4,8,8', payload: Buffer.alloc(4 * 4 * 8 * 8), headers: { 'x-request-id': 'run-fails' } });
   assert.equal(res.statusCode, 500, res.body);
   assert.equal(res.headers['x-request-id'], 'run-fails');
-  const { error } = res.json() as { error: { code: string; message: string; requestId: string } };
+  const { error } = res.json<{ error: { code: string; message: string; requestId: string } }>();
   assert.equal(error.code, 'INFERENCE_FAILED');
   assert.match(error.message, /fragile.*1x4x8x8/);
   assert.equal(error.requestId, 'run-fails');
   const generated = await app.inject({ method: 'POST', url: '/decode?shape=1,4,8,8', payload: Buffer.alloc(4 * 4 * 8 * 8) });
   assert.equal(generated.statusCode, 500);
   assert.match(String(generated.headers['x-request-id']), /^[0-9a-f-]{36}$/);
-  assert.equal(generated.json().error.requestId, generated.headers['x-request-id'], 'a generated id is the one in the body');
+  assert.equal(generated.json<{ error: { requestId: string } }>().error.requestId, generated.headers['x-request-id'], 'a generated id is the one in the body');
 });
 
 test('messages: 4xx logged at info, 503 at warn, both without a stack; the log line names the code', async (t) => {
   const lines: Record<string, unknown>[] = [];
-  const sink = new Writable({ write(chunk, _enc, cb) { lines.push(JSON.parse(String(chunk))); cb(); } });
+  const sink = new Writable({ write(chunk, _enc, cb) { lines.push(JSON.parse(String(chunk)) as Record<string, unknown>); cb(); } });
   const app = buildApp({ config: loadConfig({ MODEL_PATH: '', AUTH_TOKEN: 'secret' }), logger: pino({ level: 'info' }, sink) });
   t.after(() => app.close());
   await app.ready();

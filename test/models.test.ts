@@ -46,7 +46,7 @@ test('models: the repository serves a converted checkpoint by name next to the p
   const dir = tempDir(t);
   await convertCheckpoint({ weights: fixture('ldm.safetensors'), out: path.join(dir, 'sd-fixture', 'model.onnx') });
   const { app } = await startService(t, { MODEL_PATH: '', MODELS_DIR: dir });
-  const list = (await app.inject('/v1/models')).json() as { defaultModel: string; models: { name: string; channels: number; precision: string; scalingFactor: number; builtin: boolean }[] };
+  const list = (await app.inject('/v1/models')).json<{ defaultModel: string; models: { name: string; channels: number; precision: string; scalingFactor: number; builtin: boolean }[] }>();
   assert.equal(list.defaultModel, 'sd-fixture', 'a real model is the default over the preview');
   assert.deepEqual(list.models.map((m) => [m.name, m.channels, m.precision, m.scalingFactor, m.builtin]).sort(),
     [['sd-fixture', 4, 'fp32', 0.18215, false], ['sd15-preview', 4, 'fp32', 0.18215, true]]);
@@ -61,7 +61,7 @@ test('models: the repository serves a converted checkpoint by name next to the p
   for (const name of ['../sd-fixture', '/etc/passwd', 'sd-fixture/model.onnx']) {
     const res = await app.inject({ method: 'POST', url: `/decode?model=${encodeURIComponent(name)}&shape=1,4,16,16`, payload: bytesOf(sampleLatents(f, 0)) });
     assert.equal(res.statusCode, 404, name);
-    assert.match((res.json() as { error: { message: string } }).error.message, /available: .*sd-fixture/);
+    assert.match(res.json<{ error: { message: string } }>().error.message, /available: .*sd-fixture/);
   }
 });
 
@@ -114,7 +114,7 @@ test('models: /v1/models says ready: false for a model whose worker is restartin
   const { app, registry } = await startService(t);
   const model = registry.get(undefined)!;
   const ready = async (): Promise<boolean | undefined> =>
-    ((await app.inject('/v1/models')).json() as { models: { name: string; ready: boolean }[] }).models.find((m) => m.name === model.name)?.ready;
+    (await app.inject('/v1/models')).json<{ models: { name: string; ready: boolean }[] }>().models.find((m) => m.name === model.name)?.ready;
   assert.equal(await ready(), true);
   assert.equal((await app.inject('/readyz')).statusCode, 200);
   await (model.runners[0] as unknown as { worker: { terminate(): Promise<number> } }).worker.terminate();

@@ -14,7 +14,7 @@ test('non-finite output: a decoder that overflows answers 422 NON_FINITE_OUTPUT 
   for (const out of ['format=png', 'output_type=pt', 'output_type=pt&partial_postprocess=true']) {
     const res = await app.inject({ method: 'POST', url: `/decode?shape=2,4,16,16&scaling_factor=1&${out}`, payload: bytesOf(two) });
     assert.equal(res.statusCode, 422, `${out}: ${res.body}`);
-    const err = res.json().error as { code: string; message: string };
+    const err = res.json<{ error: { code: string; message: string } }>().error;
     assert.equal(err.code, 'NON_FINITE_OUTPUT');
     assert.match(err.message, /NaN or infinite values for sample 1 of 2/);
   }
@@ -33,6 +33,6 @@ test('non-finite output: latents at the accepted bound (±1e4) decode to a real 
   const huge = sampleLatents(f, 0).map((v) => v * 1e20);
   const refused = await app.inject({ method: 'POST', url: '/decode?shape=1,4,16,16&scaling_factor=1', payload: bytesOf(huge) });
   assert.equal(refused.statusCode, 400, refused.body);
-  assert.equal(refused.json().error.code, 'LATENT_OUT_OF_RANGE');
-  assert.match(refused.json().error.message, /at \[0, \d, \d+, \d+\] \(flat index \d+\) is beyond ±10000/);
+  assert.equal(refused.json<{ error: { code: string } }>().error.code, 'LATENT_OUT_OF_RANGE');
+  assert.match(refused.json<{ error: { message: string } }>().error.message, /at \[0, \d, \d+, \d+\] \(flat index \d+\) is beyond ±10000/);
 });

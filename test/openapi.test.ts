@@ -13,7 +13,7 @@ import { OPENAPI_FILE } from '../scripts/write-openapi.js';
 import { startService } from './helpers/service.js';
 
 const PREVIEW = { MODEL_PATH: '' }; // only the built-in preview model
-const committed = (): Record<string, unknown> => JSON.parse(readFileSync(OPENAPI_FILE, 'utf8'));
+const committed = (): Record<string, unknown> => JSON.parse(readFileSync(OPENAPI_FILE, 'utf8')) as Record<string, unknown>;
 const latents = (n: number): Buffer => Buffer.alloc(n * 4 * 8 * 8 * 4);
 
 test('openapi: the served document is the committed openapi/openapi.json', async (t) => {
@@ -41,7 +41,7 @@ test('openapi: every route of the app is documented, /docs serves Swagger UI', a
   const paths = (app.swagger() as { paths: Record<string, Record<string, unknown>> }).paths;
   // Fastify adds a HEAD route beside each GET; Swagger UI's own routes are hidden.
   const documented = routes.flatMap((r) => [r.method].flat().filter((m) => m !== 'HEAD').map((m) => ({ method: m, url: r.url, schema: r.schema })))
-    .filter((r) => !(r.schema as { hide?: boolean } | undefined)?.hide);
+    .filter((r) => !r.schema?.hide);
   for (const known of ['GET /healthz', 'GET /readyz', 'GET /metrics', 'GET /v1/models', 'POST /decode']) {
     assert.ok(documented.some((r) => `${r.method} ${r.url}` === known), `${known} was not seen`);
   }
@@ -83,8 +83,8 @@ test('openapi: /decode documents its query but does not validate it (the service
   for (const c of cases) {
     const res = await app.inject({ method: 'POST', url: c.url, payload: latents(1) });
     assert.equal(res.statusCode, 400, c.url);
-    assert.equal(res.json().error.code, c.code, c.url);
-    assert.match(res.json().error.message, c.message);
+    assert.equal(res.json<{ error: { code: string } }>().error.code, c.code, c.url);
+    assert.match(res.json<{ error: { message: string } }>().error.message, c.message);
   }
   // Values Ajv would coerce or reject (a one-element shape string, "True") go through as today.
   const ok = await app.inject({ method: 'POST', url: '/decode?shape=[1, 4, 8, 8]&output_type=pt&partial_postprocess=True', payload: latents(1) });
@@ -118,6 +118,6 @@ test('openapi: response schemas serialize every JSON answer exactly as JSON.stri
   const [a, b] = await Promise.all([app.inject(readyz), plain.inject(readyz)]);
   assert.equal(a.statusCode, 503);
   assert.deepEqual(a.json(), b.json());
-  assert.equal(a.json().error.code, 'SHUTTING_DOWN');
-  assert.equal(a.json().error.requestId, 'drain-check', 'a 5xx body names the request id');
+  assert.equal(a.json<{ error: { code: string } }>().error.code, 'SHUTTING_DOWN');
+  assert.equal(a.json<{ error: { requestId: string } }>().error.requestId, 'drain-check', 'a 5xx body names the request id');
 });

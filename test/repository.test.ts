@@ -117,14 +117,14 @@ test('repository: a model with a NaN weight is unavailable (503 naming the tenso
   const ready = await app.inject('/readyz');
   assert.equal(ready.statusCode, 503);
   assert.match(ready.body, new RegExp(`model broken cannot serve: weight ${tensor.replace(/\./g, '\\.')} .*holds 1 NaN`));
-  const list = (await app.inject('/v1/models')).json() as { models: { name: string; ready: boolean; error?: string }[] };
+  const list = (await app.inject('/v1/models')).json<{ models: { name: string; ready: boolean; error?: string }[] }>();
   const broken = list.models.find((m) => m.name === 'broken')!;
   assert.equal(broken.ready, false);
   assert.match(broken.error!, new RegExp(`weight ${tensor.replace(/\./g, '\\.')}`));
   const f = await loadFixture();
   const res = await app.inject({ method: 'POST', url: '/decode?model=broken&shape=1,4,16,16', payload: bytesOf(sampleLatents(f, 0)) });
   assert.equal(res.statusCode, 503, res.body);
-  const err = (res.json() as { error: { code: string; message: string } }).error;
+  const err = res.json<{ error: { code: string; message: string } }>().error;
   assert.equal(err.code, 'MODEL_UNAVAILABLE');
   assert.match(err.message, /model broken cannot serve: weight .* re-convert or re-download it/);
   const good = await app.inject({ method: 'POST', url: '/decode?model=torch-export&shape=1,4,16,16', payload: bytesOf(sampleLatents(f, 0)) });
@@ -147,5 +147,5 @@ test('repository: a model whose warm-up on zero latents comes out NaN (finite we
   assert.match(ready.body, /model nan-on-zero cannot serve: warm-up on zero latents \[1, 4, 8, 8\] produced NaN or infinite values/);
   const res = await app.inject({ method: 'POST', url: '/decode?shape=1,4,8,8', payload: Buffer.alloc(4 * 4 * 64, 1) });
   assert.equal(res.statusCode, 503, res.body);
-  assert.equal((res.json() as { error: { code: string } }).error.code, 'MODEL_UNAVAILABLE');
+  assert.equal(res.json<{ error: { code: string } }>().error.code, 'MODEL_UNAVAILABLE');
 });

@@ -46,7 +46,7 @@ test('shutdown: SIGTERM answers every accepted request, in flight when the signa
   assert.deepEqual((await Promise.all(inflight)).map((a) => a.status), [200, 200, 200, 200]);
   assert.equal(await svc.exited, 0, svc.output());
   const line = svc.output().split('\n').find((l) => l.includes('draining: finishing accepted requests'))!;
-  assert.equal(JSON.parse(line).inflight, 4, 'the four requests were in flight when the signal came');
+  assert.equal((JSON.parse(line) as { inflight: number }).inflight, 4, 'the four requests were in flight when the signal came');
 });
 
 test('shutdown: a stalled upload is closed at BODY_TIMEOUT_MS with 408, and SIGTERM does not wait for one', async (t) => {

@@ -64,7 +64,7 @@ test('TAESD --family names the member (recorded in config.json and metadata); a 
   const out = join(dir, 'taef1', 'model.onnx');
   const r = await convertCheckpoint({ weights: taesd('taesd16-diffusers.safetensors'), out, family: 'taef1' });
   assert.deepEqual([r.config.family, r.config.scalingFactor, r.config.shiftFactor], ['taef1', 1, 0]);
-  assert.equal(JSON.parse(await readFile(join(dir, 'taef1', 'config.json'), 'utf8')).family, 'taef1');
+  assert.equal((JSON.parse(await readFile(join(dir, 'taef1', 'config.json'), 'utf8')) as { family: string }).family, 'taef1');
   assert.equal((await modelMetadata(out)).family, 'taef1');
   await assert.rejects(convertCheckpoint({ weights: taesd('taesd16-original.safetensors'), out: join(dir, 'a.onnx'), family: 'taesdxl' }),
     /family taesdxl takes a 4-channel TAESD decoder, but the weights hold a 16-channel TAESD decoder; choose one of taesd3, taef1/);
@@ -99,7 +99,7 @@ test('served TAESD models (4 and 16 channels, MODEL_PATH) report their family, u
       headers: { 'content-type': 'application/octet-stream' }, payload: bytesOf(f.latents),
     });
     assert.equal(res.statusCode, 200, res.body);
-    const body = res.json() as { images: { data: string }[] };
+    const body = res.json<{ images: { data: string }[] }>();
     assert.equal(body.images.length, 2);
     const plane = 128 * 128 * 3;
     for (let i = 0; i < 2; i++) {

@@ -208,13 +208,13 @@ test('tiling HTTP: request options choose tiling; bad settings and sizes get cle
     latents: Buffer.alloc(4 * 4 * 129 * 8).toString('base64'), shape: [1, 4, 129, 8], tile_size: 0, tile_overlap: 0.5,
   }) });
   assert.equal(json.statusCode, 400, json.body);
-  assert.equal((json.json() as { error: { code: string } }).error.code, 'LATENT_TOO_LARGE');
+  assert.equal(json.json<{ error: { code: string } }>().error.code, 'LATENT_TOO_LARGE');
 
   const raw = { 'content-type': 'application/octet-stream' };
   const bad = async (url: string, payload: Buffer, status: number, code: string, message: RegExp): Promise<void> => {
     const res = await s.app.inject({ method: 'POST', url, headers: raw, payload });
     assert.equal(res.statusCode, status, `${url}: ${res.body}`);
-    const err = (res.json() as { error: { code: string; message: string } }).error;
+    const err = res.json<{ error: { code: string; message: string } }>().error;
     assert.equal(err.code, code, url);
     assert.match(err.message, message, url);
   };
@@ -254,7 +254,7 @@ test('tiling HTTP: a deadline that passes mid-way gives 504, drops the remaining
   const s = await startService(t, { TILE_LATENT_SIDE: '16', MAX_BATCH_SIZE: '1', MAX_QUEUE_DELAY_MS: '0' });
   const res = await s.app.inject({ method: 'POST', url: `/decode?${Q}`, headers: { ...NPY, 'x-request-timeout-ms': '40' }, payload: tiledNpy() });
   assert.equal(res.statusCode, 504, res.body);
-  assert.equal((res.json() as { error: { code: string } }).error.code, 'DEADLINE_EXCEEDED');
+  assert.equal(res.json<{ error: { code: string } }>().error.code, 'DEADLINE_EXCEEDED');
   await s.registry.idle();
   const batcher = s.registry.get(undefined)!.batcher;
   assert.equal(batcher.waitingSamples, 0);
@@ -271,7 +271,7 @@ test('tiling HTTP: one tile failing fails the request and drops its other tiles'
   // 32x40: tiles of 16x16 (fine), 16x4 and 4x16 edges... the 16x4 ones fail (64 values per channel).
   const res = await s.app.inject({ method: 'POST', url: `/decode?shape=1,4,32,40&${Q}`, payload: Buffer.alloc(4 * 4 * 32 * 40) });
   assert.equal(res.statusCode, 500, res.body);
-  assert.equal((res.json() as { error: { code: string } }).error.code, 'INFERENCE_FAILED');
+  assert.equal(res.json<{ error: { code: string } }>().error.code, 'INFERENCE_FAILED');
   await s.registry.idle();
   assert.equal(s.registry.get(undefined)!.batcher.waitingSamples, 0);
   assert.equal(s.registry.get(undefined)!.batcher.reservedSamples, 0, 'the failed request gave back the tiles it never queued');
@@ -287,7 +287,7 @@ test('tiling HTTP: a tile whose output is not finite is named as a tile, not a s
   const huge = new Float32Array(4 * 40 * 40).fill(1000);
   const res = await s.app.inject({ method: 'POST', url: `/decode?shape=1,4,40,40&${Q}`, payload: bytesOf(huge) });
   assert.equal(res.statusCode, 422, res.body);
-  const err = (res.json() as { error: { code: string; message: string } }).error;
+  const err = res.json<{ error: { code: string; message: string } }>().error;
   assert.equal(err.code, 'NON_FINITE_OUTPUT');
   assert.match(err.message, /NaN or infinite values for tile \d+,\d+ \(latent rows \d+–\d+, columns \d+–\d+\) of sample 0 of 1/);
   await s.registry.idle();

@@ -132,7 +132,7 @@ interface Probe {
 function probeModel(input: Fp16GuardInput) {
   const src = input.graph;
   const g = new GraphBuilder(`${src.name}_fp16_probe`, 'probe/');
-  const types = new Map<string, number>([[INPUT_NAME, DataType.FLOAT]]);
+  const types = new Map<string, DataType>([[INPUT_NAME, DataType.FLOAT]]);
   for (const t of src.initializers) types.set(t.name!, t.dataType!);
   const weightNames = new Set(input.weights.map((w) => w.name));
   for (const w of weightNames) types.set(w, DataType.FLOAT16);
@@ -141,7 +141,7 @@ function probeModel(input: Fp16GuardInput) {
   for (const node of src.nodes) {
     const op = node.opType!;
     const to = node.attribute?.find((a) => a.name === 'to');
-    const type = op === 'Cast' ? Number(to!.i) : op === 'Shape' ? DataType.INT64 : types.get(node.input![0]!) ?? DataType.FLOAT;
+    const type: DataType = op === 'Cast' ? Number(to!.i) : op === 'Shape' ? DataType.INT64 : types.get(node.input![0]!) ?? DataType.FLOAT;
     const out = node.output![0]!;
     types.set(out, type);
     lastWeight = node.input!.find((i) => weightNames.has(i)) ?? lastWeight;

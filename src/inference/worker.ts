@@ -42,7 +42,7 @@ async function createSession(bytes: Uint8Array): Promise<{ session: ort.Inferenc
 function owned(view: ArrayBufferView): ArrayBuffer {
   // ORT may hand out views on memory it keeps; a copy is needed only then.
   const whole = view.byteOffset === 0 && view.byteLength === view.buffer.byteLength && view.buffer instanceof ArrayBuffer;
-  return whole ? (view.buffer as ArrayBuffer) : (view.buffer.slice(view.byteOffset, view.byteOffset + view.byteLength) as ArrayBuffer);
+  return whole ? view.buffer : (view.buffer.slice(view.byteOffset, view.byteOffset + view.byteLength) as ArrayBuffer);
 }
 
 /** A model that cannot serve whatever the request: the registry marks it unavailable. */

@@ -25,7 +25,7 @@ export interface JsonBody {
   /** Decoded byte count of the latents, known from the base64 length alone. */
   byteLength: number;
   /** Decodes the latents; BAD_BASE64 when a character is not base64. */
-  latents(): Promise<Uint8Array>;
+  latents: () => Promise<Uint8Array>;
 }
 
 const notJson = (why: string): ServiceError => new ServiceError('BAD_JSON', `the body is not valid JSON: ${why}`);
@@ -191,5 +191,5 @@ function escapedLatents(b: Buffer, start: number, end: number, fields: Record<st
   const bytes = Buffer.from(s, 'base64');
   const copy = new Uint8Array(bytes.byteLength); // aligned for the float views
   copy.set(bytes);
-  return { fields, byteLength: copy.byteLength, latents: async () => copy };
+  return { fields, byteLength: copy.byteLength, latents: () => Promise.resolve(copy) };
 }

@@ -72,7 +72,7 @@ export function readBody(kind: BodyKind, body: Buffer | undefined, query: Record
     throw new ServiceError('EMPTY_BODY', 'the request body is empty: send the latents as raw bytes, a .npy file or JSON');
   }
   switch (kind) {
-    case 'raw': return { options: parseOptions(query), byteLength: body.length, bytes: async () => body };
+    case 'raw': return { options: parseOptions(query), byteLength: body.length, bytes: () => Promise.resolve(body) };
     case 'npy': return readNpyBody(body, query);
     case 'json': {
       const json = scanJsonBody(body);
@@ -104,7 +104,7 @@ function readNpyBody(buf: Buffer, query: Record<string, unknown>): WireLatents {
   }
   const options = parseOptions({ ...query, shape: header.shape, dtype });
   const data = buf.subarray(header.dataStart);
-  return { options, byteLength: data.byteLength, bytes: async () => data };
+  return { options, byteLength: data.byteLength, bytes: () => Promise.resolve(data) };
 }
 
 const product = (xs: number[]): number => xs.reduce((a, b) => a * b, 1);

@@ -75,14 +75,15 @@ function scanTensor(t: TensorProto): NonFiniteWeight | undefined {
   const dims = t.dims.map(Number);
   let type: NonFiniteWeight['type'];
   let found: { index: number; count: number; value: string } | undefined;
-  switch (t.dataType) {
+  const dataType: DataType = t.dataType; // onnx-proto types the field as a plain number
+  switch (dataType) {
     case DataType.FLOAT:
       type = 'float32';
       found = raw ? firstNonFinite(raw, type) : scanFloats(t.floatData);
       break;
     case DataType.FLOAT16:
     case DataType.BFLOAT16: {
-      type = t.dataType === DataType.FLOAT16 ? 'float16' : 'bfloat16';
+      type = dataType === DataType.FLOAT16 ? 'float16' : 'bfloat16';
       found = raw ? firstNonFinite(raw, type) : scan16(t.int32Data, type === 'float16' ? 0x7c00 : 0x7f80, 0x8000);
       break;
     }

@@ -8,6 +8,7 @@ export type ModelProto = onnxProto.onnx.ModelProto;
 export type NodeProto = onnxProto.onnx.INodeProto;
 
 export const DataType = onnx.TensorProto.DataType;
+export type DataType = onnxProto.onnx.TensorProto.DataType;
 export type ElemType = 'float32' | 'float16' | 'uint8' | 'int64' | 'int32';
 
 const ELEM: Record<ElemType, number> = {

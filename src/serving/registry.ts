@@ -46,7 +46,7 @@ export async function readModelConfig(file: string): Promise<ModelConfigFile> {
   if (c.precision !== undefined && c.precision !== 'fp32' && c.precision !== 'fp16') throw new Error(`${file}: precision must be fp32 or fp16, got ${JSON.stringify(c.precision)}`);
   if (c.scalingFactor === 0) throw new Error(`${file}: scalingFactor must not be 0`);
   if (c.family !== undefined && !isFamily(c.family)) throw new Error(`${file}: family must be one of ${FAMILY_NAMES.join(', ')}, got ${JSON.stringify(c.family)}`);
-  return c as ModelConfigFile;
+  return c;
 }
 
 /** Where discovery reports a repository entry it does not serve. */
