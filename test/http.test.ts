@@ -143,6 +143,21 @@ test('Expect: 100-continue: a request refused from its headers gets its final st
   c.sock.destroy();
 });
 
+test('an Expect other than 100-continue: 417 EXPECTATION_FAILED in the service\'s JSON format, before the body, counted as a /decode request', async (t) => {
+  const svc = await serve(t);
+  const c = new Conn(svc.port);
+  c.write(head(RAW_URL, { 'Content-Length': LATENTS.length, 'Expect': 'something-else' }));
+  await c.closed;
+  const [res] = c.responses();
+  assert.equal(res?.status, 417, c.text);
+  assert.equal(res.headers['content-type'], 'application/json; charset=utf-8');
+  assert.equal(errorCode(res.body), 'EXPECTATION_FAILED');
+  assert.match(res.body, /something-else/);
+  assert.equal(res.headers.connection, 'close');
+  const text = await (await fetch(`http://127.0.0.1:${svc.port}/metrics`)).text();
+  assert.match(text, /^latent_decoder_requests_total\{model="none",outcome="bad_request"\} 1$/m);
+});
+
 test('Content-Encoding: gzip and deflate bodies decode as the plain ones; a decompression bomb is 413 at the limit; br is 415 naming it', async (t) => {
   const svc = await serve(t, { BODY_LIMIT_BYTES: '65536' });
   const post = (url: string, payload: Buffer, headers: Record<string, string> = {}) =>
