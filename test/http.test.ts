@@ -224,6 +224,25 @@ test('upload budget: four connections that send only headers announcing 22 MB do
   }
 });
 
+test('a client that sends its whole body and closes while its request waits is counted once, as cancelled', async (t) => {
+  // Requests wait up to 2 s for a fuller batch: the client is gone before its run.
+  const svc = await serve(t, { MAX_QUEUE_DELAY_MS: '2000' });
+  for (let i = 0; i < 3; i++) {
+    const c = new Conn(svc.port);
+    c.write(head(RAW_URL, { 'Content-Length': LATENTS.length }));
+    c.write(LATENTS);
+    await sleep(200);
+    c.sock.destroy();
+    await c.closed;
+  }
+  await sleep(2500);
+  const text = await (await fetch(`http://127.0.0.1:${svc.port}/metrics`)).text();
+  const counts: Record<string, number> = {};
+  for (const m of text.matchAll(/^latent_decoder_requests_total\{[^}]*outcome="(\w+)"[^}]*\} (\d+)$/gm)) counts[m[1]!] = (counts[m[1]!] ?? 0) + Number(m[2]);
+  assert.equal(counts.cancelled, 3, JSON.stringify(counts));
+  assert.equal(Object.values(counts).reduce((a, b) => a + b, 0), 3, JSON.stringify(counts));
+});
+
 test('every /decode request is counted once by outcome, including 408 stalls, aborts, 413 while reading, upload-budget 429 and Node\'s own 400/431', async (t) => {
   const svc = await serve(t, { BODY_LIMIT_BYTES: '20000', MAX_INFLIGHT_BODY_BYTES: '16000', BODY_TIMEOUT_MS: '1000' });
   const url = `http://127.0.0.1:${svc.port}`;
