@@ -207,6 +207,20 @@ test('deadlines count from arrival: an upload that outlasts X-Request-Timeout-Ms
   c.sock.destroy();
 });
 
+test('a Content-Length over the body limit is 413, not a 429 to retry, even when it is over the upload budget too', async (t) => {
+  // Budget 4 × 65536: a body of 300,000 bytes could never be accepted, so "retry" would be a lie.
+  const svc = await serve(t, { BODY_LIMIT_BYTES: '65536' });
+  for (const url of [RAW_URL, '/decode']) {
+    const c = new Conn(svc.port);
+    c.write(head(url, { 'Content-Length': 300_000, 'Content-Type': url === RAW_URL ? 'application/octet-stream' : 'application/json' }));
+    await c.waitFor(/\r\n\r\n\{.*\}$/);
+    const [res] = c.responses();
+    assert.equal(res?.status, 413, `${url}: ${c.text}`);
+    assert.equal(errorCode(res.body), 'BODY_TOO_LARGE');
+    c.sock.destroy();
+  }
+});
+
 test('upload budget: four connections that send only headers announcing 22 MB do not block a fifth client (finding 14)', async (t) => {
   const svc = await serve(t); // default limits: BODY_LIMIT_BYTES 22435158, MAX_INFLIGHT_BODY_BYTES 4 × that
   const idle = Array.from({ length: 4 }, () => {

@@ -182,9 +182,11 @@ export default fp(async (app: FastifyInstance, opts: UploadsOptions) => {
   app.addHook('onRequest', async (req) => {
     const length = req.headers['content-length'];
     if (length === undefined && req.headers['transfer-encoding'] === undefined) return;
-    // A body that cannot fit in what the uploads in progress leave is refused before it is read.
+    // A body that cannot fit in what the uploads in progress leave is refused before it is read;
+    // one over the route's body limit is the route's 413 (never accepted: no 429 to retry).
     const bytes = Number(length);
-    if (Number.isSafeInteger(bytes) && uploads.bytes + bytes > opts.maxInflightBodyBytes) {
+    const overLimit = bytes > (req.routeOptions.bodyLimit ?? Infinity);
+    if (Number.isSafeInteger(bytes) && !overLimit && uploads.bytes + bytes > opts.maxInflightBodyBytes) {
       throw new ServiceError('QUEUE_FULL', `uploads in progress hold ${uploads.bytes} bytes and this one declares ${bytes}: over the limit of ${opts.maxInflightBodyBytes} (MAX_INFLIGHT_BODY_BYTES)`, { headers: { 'retry-after': '1' } });
     }
     uploads.add(req);
