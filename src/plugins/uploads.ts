@@ -43,7 +43,7 @@ export interface ReadBodyOptions {
   deadline?: number;
 }
 
-/** The first allocation: a client that announces a large body and sends little holds little. */
+/** The first allocation, made when the first bytes arrive: a client that announces a large body and sends little holds little. */
 const FIRST_ALLOCATION = 64 * 1024;
 
 export class Uploads {
@@ -114,7 +114,8 @@ export class Uploads {
     const inflate = encoding === 'identity' ? undefined : encoding === 'gzip' ? createGunzip() : createInflate();
     const source: NodeJS.ReadableStream = inflate ? payload.pipe(inflate) : payload;
     const cap = declared !== undefined && Number.isSafeInteger(declared) ? declared : opts.limit;
-    let body = Buffer.allocUnsafeSlow(Math.min(cap, FIRST_ALLOCATION));
+    // Nothing until bytes arrive: connections that send headers alone hold no buffer.
+    let body = Buffer.alloc(0);
     let received = 0;
     let timer: NodeJS.Timeout | undefined;
     const finish = (err: Error | null, out?: Buffer): void => {
@@ -140,7 +141,8 @@ export class Uploads {
         return finish(e as Error);
       }
       if (received + chunk.length > body.length) {
-        const grown = Buffer.allocUnsafeSlow(Math.min(cap, Math.max(2 * body.length, received + chunk.length)));
+        const want = body.length === 0 ? Math.min(FIRST_ALLOCATION, Math.max(2 * chunk.length, 1024)) : 2 * body.length;
+        const grown = Buffer.allocUnsafeSlow(Math.min(cap, Math.max(want, received + chunk.length)));
         body.copy(grown, 0, 0, received);
         body = grown;
       }
