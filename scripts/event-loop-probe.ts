@@ -2,10 +2,15 @@
 // one, or another given with --repo, e.g. a base commit) as a child process on the fixture
 // decoder, and for each scenario probes /healthz every 10 ms from a worker thread (its own event
 // loop, so the clients' work does not delay the probes) while 4 clients each send one request.
-// Every request carries X-Request-Timeout-Ms: 1, so an accepted request is dropped at the queue
-// instead of running the decoder: what is measured is reading, parsing and refusing, not ORT
-// competing for the CPU.
-//   npx tsx scripts/event-loop-probe.ts [--repo DIR] [--only a,b,...] [--clients 4]
+// No request runs the decoder, so what is measured is reading, parsing and refusing, not ORT
+// competing for the CPU: the service waits up to MAX_QUEUE_DELAY_MS (60 s) for a fuller batch and
+// its batches hold MAX_BATCH_SIZE=1024 samples (the queue holds 64), so an accepted request waits
+// in the queue, after its body was read and parsed, until its deadline (X-Request-Timeout-Ms:
+// DEADLINE_MS, long enough for any upload here) drops it with 504, unless the run-time estimate
+// refuses it sooner. Deadlines count from a request's arrival, so the 1 ms deadline used before
+// would now end each request 1 ms into its upload. Each row counts the batches run during it
+// (from /metrics): anything but 0 means the measurement is void.
+//   npx tsx scripts/event-loop-probe.ts [--repo DIR] [--only a,b,...] [--clients 4] [--deadline-ms 10000]
 import { spawn } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import http from 'node:http';
@@ -22,6 +27,8 @@ const arg = (name: string, def: string): string => {
 const REPO = path.resolve(arg('repo', process.cwd()));
 const CLIENTS = Number(arg('clients', '4'));
 const ONLY = arg('only', '');
+/** Each request's deadline (ms): its upload and parsing end well before, and no run can start. */
+const DEADLINE_MS = Number(arg('deadline-ms', '10000'));
 
 interface Scenario {
   id: string;
@@ -71,6 +78,9 @@ async function startService(): Promise<{ url: string; stop: () => void }> {
       PATH: process.env.PATH ?? '', HOME: process.env.HOME ?? '', HOST: '127.0.0.1', PORT: String(port),
       MODEL_PATH: path.join(REPO, 'test/fixtures/sdvae-ch32/torch-export.onnx'), MODELS_DIR: models,
       EXECUTION_PROVIDERS: 'cpu', ORT_INTRA_OP_THREADS: '1', LOG_LEVEL: 'fatal',
+      // A batch never fills (1024 samples, and 64 × 128² fits its area) and waits 60 s for more:
+      // accepted requests reach their deadline in the queue, without a run.
+      MAX_BATCH_SIZE: '1024', MAX_QUEUE_DELAY_MS: '60000',
     },
     stdio: ['ignore', 'inherit', 'inherit'],
   });
@@ -107,7 +117,7 @@ function send(url: string, s: Scenario, body: Buffer): Promise<number> {
   return new Promise((resolve) => {
     const req = http.request(`${url}${s.url}`, {
       method: 'POST',
-      headers: { 'content-type': s.type, 'content-length': body.length, 'x-request-timeout-ms': '1' },
+      headers: { 'content-type': s.type, 'content-length': body.length, 'x-request-timeout-ms': String(DEADLINE_MS) },
       agent: false,
     }, (res) => {
       res.resume();
@@ -123,8 +133,15 @@ const quantile = (xs: number[], q: number): number => {
   return s[Math.min(s.length - 1, Math.floor(q * s.length))] ?? NaN;
 };
 
+/** Batches the service has run (all models), from /metrics. */
+async function batchesRun(url: string): Promise<number> {
+  const text = await (await fetch(`${url}/metrics`)).text();
+  return [...text.matchAll(/^latent_decoder_batches_total\{[^}]*\} (\d+)$/gm)].reduce((a, m) => a + Number(m[1]), 0);
+}
+
 async function run(url: string, s: Scenario): Promise<string> {
   const body = s.body();
+  const batches = await batchesRun(url);
   const worker = new Worker(PROBER, { eval: true, workerData: { url } });
   await new Promise((r) => setTimeout(r, 300)); // a few undisturbed probes first
   const t0 = performance.now();
@@ -139,7 +156,8 @@ async function run(url: string, s: Scenario): Promise<string> {
   });
   await worker.terminate();
   const counts = [...new Set(statuses)].map((c) => `${statuses.filter((x) => x === c).length}×${c === -1 ? 'reset' : c}`).join(' ');
-  return `| ${s.id} | ${s.what} | ${(body.length / 1e6).toFixed(1)} MB | ${counts} | ${Math.round(wall)} | ${lat.length} | ${quantile(lat, 0.99).toFixed(1)} | ${Math.max(...lat).toFixed(1)} |`;
+  const runs = (await batchesRun(url)) - batches;
+  return `| ${s.id} | ${s.what} | ${(body.length / 1e6).toFixed(1)} MB | ${counts} | ${runs} | ${Math.round(wall)} | ${lat.length} | ${quantile(lat, 0.99).toFixed(1)} | ${Math.max(...lat).toFixed(1)} |`;
 }
 
 const svc = await startService();
@@ -153,8 +171,8 @@ try {
   process.stdout.write([
     `service: ${REPO}; ${CLIENTS} clients, one request each; /healthz probed every 10 ms; ${os.cpus().length} CPUs, load ${os.loadavg()[0]!.toFixed(1)}`,
     '',
-    '| | request | body | answers | wall ms | probes | /healthz p99 ms | /healthz max ms |',
-    '| --- | --- | --- | --- | --- | --- | --- | --- |',
+    '| | request | body | answers | runs | wall ms | probes | /healthz p99 ms | /healthz max ms |',
+    '| --- | --- | --- | --- | --- | --- | --- | --- | --- |',
     ...rows,
     '',
   ].join('\n'));

@@ -5,7 +5,7 @@ import fp from 'fastify-plugin';
 import { randomUUID } from 'node:crypto';
 import type { Config } from './config.js';
 import { ServiceError, isServiceError, type ErrorCode } from './errors.js';
-import { answerClientError, awaitsContinue, createHttpServer, refusalOn } from './http-server.js';
+import { answerClientError, awaitsContinue, createHttpServer, refusalOn, unmetExpectation } from './http-server.js';
 import auth from './plugins/auth.js';
 import metrics from './plugins/metrics.js';
 import models, { type ModelHost } from './plugins/models.js';
@@ -102,6 +102,13 @@ async function app(app: FastifyInstance, opts: AppOptions): Promise<void> {
     void reply.code(404).send(notFound(req).body());
   });
 
+  // Before everything else: the client may be waiting for an answer before it sends its body.
+  app.addHook('onRequest', async (req) => {
+    const expect = unmetExpectation(req.raw);
+    if (expect !== undefined) {
+      throw new ServiceError('EXPECTATION_FAILED', `Expect ${JSON.stringify(expect)} is not supported: only "100-continue" is (or send no Expect header)`, { headers: { connection: 'close' } });
+    }
+  });
   app.addSchema(errorSchema);
   await app.register(models, { config: cfg, host: opts.models });
   await app.register(metrics);

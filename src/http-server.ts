@@ -16,6 +16,8 @@ export interface HttpServerOptions {
 
 /** Requests whose client waits for `100 Continue` before it sends the body, with their response. */
 const awaiting = new WeakMap<IncomingMessage, ServerResponse>();
+/** Requests whose `Expect` header asks for something other than `100-continue`: the app answers 417. */
+const unmet = new WeakSet<IncomingMessage>();
 /** The response in progress on each connection: Node's own answers never interleave with it. */
 const active = new WeakMap<Duplex, ServerResponse>();
 /** Connections Node's parser refused (and closed) while a request on them was in the app's hands. */
@@ -55,6 +57,11 @@ export function createHttpServer(handler: RequestListener, opts: HttpServerOptio
     awaiting.set(req, res);
     track(req, res);
   });
+  // Without a listener Node answers 417 itself, empty and uncounted: the app answers it instead.
+  server.on('checkExpectation', (req: IncomingMessage, res: ServerResponse) => {
+    unmet.add(req);
+    track(req, res);
+  });
   return server;
 }
 
@@ -68,6 +75,12 @@ export function continueUpload(req: IncomingMessage): void {
   awaiting.delete(req);
   if (!res.headersSent && !res.writableEnded) res.writeContinue();
 }
+
+/**
+ * The request's `Expect` header when it asks for something other than `100-continue` (RFC 9110
+ * §10.1.1: the server answers 417), else undefined.
+ */
+export const unmetExpectation = (req: IncomingMessage): string | undefined => (unmet.has(req) ? String(req.headers.expect) : undefined);
 
 /** The client still waits for `100 Continue`: its body was never sent, so an answer closes the connection. */
 export const awaitsContinue = (req: IncomingMessage): boolean => awaiting.has(req);

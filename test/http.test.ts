@@ -143,6 +143,21 @@ test('Expect: 100-continue: a request refused from its headers gets its final st
   c.sock.destroy();
 });
 
+test('an Expect other than 100-continue: 417 EXPECTATION_FAILED in the service\'s JSON format, before the body, counted as a /decode request', async (t) => {
+  const svc = await serve(t);
+  const c = new Conn(svc.port);
+  c.write(head(RAW_URL, { 'Content-Length': LATENTS.length, 'Expect': 'something-else' }));
+  await c.closed;
+  const [res] = c.responses();
+  assert.equal(res?.status, 417, c.text);
+  assert.equal(res.headers['content-type'], 'application/json; charset=utf-8');
+  assert.equal(errorCode(res.body), 'EXPECTATION_FAILED');
+  assert.match(res.body, /something-else/);
+  assert.equal(res.headers.connection, 'close');
+  const text = await (await fetch(`http://127.0.0.1:${svc.port}/metrics`)).text();
+  assert.match(text, /^latent_decoder_requests_total\{model="none",outcome="bad_request"\} 1$/m);
+});
+
 test('Content-Encoding: gzip and deflate bodies decode as the plain ones; a decompression bomb is 413 at the limit; br is 415 naming it', async (t) => {
   const svc = await serve(t, { BODY_LIMIT_BYTES: '65536' });
   const post = (url: string, payload: Buffer, headers: Record<string, string> = {}) =>
@@ -192,6 +207,20 @@ test('deadlines count from arrival: an upload that outlasts X-Request-Timeout-Ms
   c.sock.destroy();
 });
 
+test('a Content-Length over the body limit is 413, not a 429 to retry, even when it is over the upload budget too', async (t) => {
+  // Budget 4 × 65536: a body of 300,000 bytes could never be accepted, so "retry" would be a lie.
+  const svc = await serve(t, { BODY_LIMIT_BYTES: '65536' });
+  for (const url of [RAW_URL, '/decode']) {
+    const c = new Conn(svc.port);
+    c.write(head(url, { 'Content-Length': 300_000, 'Content-Type': url === RAW_URL ? 'application/octet-stream' : 'application/json' }));
+    await c.waitFor(/\r\n\r\n\{.*\}$/);
+    const [res] = c.responses();
+    assert.equal(res?.status, 413, `${url}: ${c.text}`);
+    assert.equal(errorCode(res.body), 'BODY_TOO_LARGE');
+    c.sock.destroy();
+  }
+});
+
 test('upload budget: four connections that send only headers announcing 22 MB do not block a fifth client (finding 14)', async (t) => {
   const svc = await serve(t); // default limits: BODY_LIMIT_BYTES 22435158, MAX_INFLIGHT_BODY_BYTES 4 × that
   const idle = Array.from({ length: 4 }, () => {
@@ -207,6 +236,25 @@ test('upload budget: four connections that send only headers announcing 22 MB do
   } finally {
     for (const c of idle) c.sock.destroy();
   }
+});
+
+test('a client that sends its whole body and closes while its request waits is counted once, as cancelled', async (t) => {
+  // Requests wait up to 2 s for a fuller batch: the client is gone before its run.
+  const svc = await serve(t, { MAX_QUEUE_DELAY_MS: '2000' });
+  for (let i = 0; i < 3; i++) {
+    const c = new Conn(svc.port);
+    c.write(head(RAW_URL, { 'Content-Length': LATENTS.length }));
+    c.write(LATENTS);
+    await sleep(200);
+    c.sock.destroy();
+    await c.closed;
+  }
+  await sleep(2500);
+  const text = await (await fetch(`http://127.0.0.1:${svc.port}/metrics`)).text();
+  const counts: Record<string, number> = {};
+  for (const m of text.matchAll(/^latent_decoder_requests_total\{[^}]*outcome="(\w+)"[^}]*\} (\d+)$/gm)) counts[m[1]!] = (counts[m[1]!] ?? 0) + Number(m[2]);
+  assert.equal(counts.cancelled, 3, JSON.stringify(counts));
+  assert.equal(Object.values(counts).reduce((a, b) => a + b, 0), 3, JSON.stringify(counts));
 });
 
 test('every /decode request is counted once by outcome, including 408 stalls, aborts, 413 while reading, upload-budget 429 and Node\'s own 400/431', async (t) => {

@@ -174,8 +174,9 @@ export class Metrics {
 
   /**
    * Counts every request of `app`'s routes once, whatever ends it: its answer (onResponse), or
-   * its connection closing first (onRequestAbort): Node's own refusal when its parser closed it
-   * (408 at BODY_TIMEOUT_MS, 400), else a client abort (499). `seconds` runs from the request's arrival.
+   * its connection closing first (onRequestAbort during the upload, the response's close after
+   * it): Node's own refusal when its parser closed it (408 at BODY_TIMEOUT_MS, 400), else a
+   * client abort (499). `seconds` runs from the request's arrival.
    */
   countRequests(app: FastifyInstance): void {
     const arrivals = new WeakMap<FastifyRequest, number>();
@@ -186,7 +187,15 @@ export class Metrics {
       this.onDecode({ ...note, model: note.model, outcome: outcomeOf(status), seconds });
     };
     app.addHook('onRequest', async (req, reply) => {
-      arrivals.set(req, performance.now() - reply.elapsedTime);
+      const arrival = performance.now() - reply.elapsedTime;
+      arrivals.set(req, arrival);
+      // A connection closed after the whole body arrived is no abort to Fastify (req.aborted is
+      // false) and its answer never finishes, so neither hook below runs: counted here.
+      reply.raw.once('close', () => {
+        if (reply.raw.writableFinished) return; // onResponse counts it
+        const refusal = refusalOn(req.raw.socket);
+        record(req, refusal ? ErrorCodes[refusal.code] : 499, (performance.now() - arrival) / 1000);
+      });
     });
     app.addHook('onResponse', async (req, reply) => record(req, reply.statusCode, reply.elapsedTime / 1000));
     app.addHook('onRequestAbort', async (req) => {

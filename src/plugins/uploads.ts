@@ -43,7 +43,7 @@ export interface ReadBodyOptions {
   deadline?: number;
 }
 
-/** The first allocation: a client that announces a large body and sends little holds little. */
+/** The first allocation, made when the first bytes arrive: a client that announces a large body and sends little holds little. */
 const FIRST_ALLOCATION = 64 * 1024;
 
 export class Uploads {
@@ -114,7 +114,8 @@ export class Uploads {
     const inflate = encoding === 'identity' ? undefined : encoding === 'gzip' ? createGunzip() : createInflate();
     const source: NodeJS.ReadableStream = inflate ? payload.pipe(inflate) : payload;
     const cap = declared !== undefined && Number.isSafeInteger(declared) ? declared : opts.limit;
-    let body = Buffer.allocUnsafeSlow(Math.min(cap, FIRST_ALLOCATION));
+    // Nothing until bytes arrive: connections that send headers alone hold no buffer.
+    let body = Buffer.alloc(0);
     let received = 0;
     let timer: NodeJS.Timeout | undefined;
     const finish = (err: Error | null, out?: Buffer): void => {
@@ -140,7 +141,8 @@ export class Uploads {
         return finish(e as Error);
       }
       if (received + chunk.length > body.length) {
-        const grown = Buffer.allocUnsafeSlow(Math.min(cap, Math.max(2 * body.length, received + chunk.length)));
+        const want = body.length === 0 ? Math.min(FIRST_ALLOCATION, Math.max(2 * chunk.length, 1024)) : 2 * body.length;
+        const grown = Buffer.allocUnsafeSlow(Math.min(cap, Math.max(want, received + chunk.length)));
         body.copy(grown, 0, 0, received);
         body = grown;
       }
@@ -182,9 +184,11 @@ export default fp(async (app: FastifyInstance, opts: UploadsOptions) => {
   app.addHook('onRequest', async (req) => {
     const length = req.headers['content-length'];
     if (length === undefined && req.headers['transfer-encoding'] === undefined) return;
-    // A body that cannot fit in what the uploads in progress leave is refused before it is read.
+    // A body that cannot fit in what the uploads in progress leave is refused before it is read;
+    // one over the route's body limit is the route's 413 (never accepted: no 429 to retry).
     const bytes = Number(length);
-    if (Number.isSafeInteger(bytes) && uploads.bytes + bytes > opts.maxInflightBodyBytes) {
+    const overLimit = bytes > (req.routeOptions.bodyLimit ?? Infinity);
+    if (Number.isSafeInteger(bytes) && !overLimit && uploads.bytes + bytes > opts.maxInflightBodyBytes) {
       throw new ServiceError('QUEUE_FULL', `uploads in progress hold ${uploads.bytes} bytes and this one declares ${bytes}: over the limit of ${opts.maxInflightBodyBytes} (MAX_INFLIGHT_BODY_BYTES)`, { headers: { 'retry-after': '1' } });
     }
     uploads.add(req);
