@@ -82,7 +82,15 @@ test('repository: config.json must be a JSON object whose fields have their type
   ];
   for (const [text, message] of cases) {
     writeFileSync(path.join(dir, 'm', 'config.json'), text);
-    await assert.rejects(discoverModels(loadConfig({ MODELS_DIR: dir })), message, text);
+    // A bad config.json skips its folder with one warning naming why; the service starts.
+    const warnings: string[] = [];
+    const specs = await discoverModels(loadConfig({ MODELS_DIR: dir }), { warn: (_o: object, msg: string) => warnings.push(msg) });
+    assert.deepEqual(specs.map((s) => s.name), ['sd15-preview'], text);
+    assert.equal(warnings.length, 1, text);
+    assert.match(warnings[0]!, /skipping m: /, text);
+    assert.match(warnings[0]!, message, text);
+    // Named explicitly, the same file stops the start.
+    await assert.rejects(discoverModels(loadConfig({ MODEL_PATH: path.join(dir, 'm', 'model.onnx'), MODELS_DIR: path.join(dir, 'none') })), message, text);
   }
   writeFileSync(path.join(dir, 'm', 'config.json'), '{"scalingFactor": 0.13025, "precision": "fp32", "ch": 32}');
   const [, spec] = await discoverModels(loadConfig({ MODELS_DIR: dir }));

@@ -75,10 +75,11 @@ async function whyNotServed(entry: string, maxBytes: number): Promise<string | u
 /**
  * The models a config asks for, before loading: name, file and sidecar settings. A repository
  * entry that is not a model folder is skipped with one warning naming why; hidden entries (a
- * leading ".", e.g. the Hugging Face cache in `.cache`) silently. MODEL_PATH, named explicitly,
- * and a bad config.json stop the start instead.
- * @throws Error naming the file: MODEL_PATH missing or not a regular file, a bad config.json, a
- *   name that is invalid or taken twice
+ * leading ".", e.g. the Hugging Face cache in `.cache`) silently; so is a folder whose config.json
+ * is bad (not a JSON object, a field of the wrong type). MODEL_PATH, named explicitly, and its
+ * sidecar stop the start instead.
+ * @throws Error naming the file: MODEL_PATH missing or not a regular file, a bad MODEL_PATH
+ *   sidecar, a name that is invalid or taken twice
  */
 export async function discoverModels(cfg: Config, log?: DiscoveryLogger): Promise<ModelSpec[]> {
   const specs: ModelSpec[] = [{
@@ -112,7 +113,14 @@ export async function discoverModels(cfg: Config, log?: DiscoveryLogger): Promis
         continue;
       }
       const confFile = path.join(folder, CONFIG_FILE);
-      const conf = (await exists(confFile)) ? await readModelConfig(confFile) : {};
+      let conf: ModelConfigFile = {};
+      try {
+        if (await exists(confFile)) conf = await readModelConfig(confFile);
+      } catch (e) {
+        const reason = (e as Error).message;
+        log?.warn({ entry: folder, reason }, `model repository: skipping ${entry}: ${reason}`);
+        continue;
+      }
       specs.push({ name: conf.name ?? entry, modelPath: path.join(folder, MODEL_FILE), file: conf, builtin: false });
     }
   }
