@@ -139,7 +139,8 @@ export function loadConfig(env: Env = process.env): Config {
     bodyLimitBytes,
     bodyTimeoutMs: int(env, 'BODY_TIMEOUT_MS', 30_000, 1000, 3_600_000),
     keepAliveTimeoutMs: int(env, 'KEEP_ALIVE_TIMEOUT_MS', 72_000, 1000, 3_600_000),
-    maxInflightBodyBytes: int(env, 'MAX_INFLIGHT_BODY_BYTES', 4 * bodyLimitBytes, 1024),
+    // Below the body limit, a body between the two could never be accepted: 429 forever.
+    maxInflightBodyBytes: int(env, 'MAX_INFLIGHT_BODY_BYTES', 4 * bodyLimitBytes, bodyLimitBytes),
     drainTimeoutMs: int(env, 'DRAIN_TIMEOUT_MS', 30_000, 0, 3_600_000),
     warmupLatentSizes: latentSizes(env, 'WARMUP_LATENT_SIZES'),
     intraOpThreads: int(env, 'ORT_INTRA_OP_THREADS', 0, 0, 1024),

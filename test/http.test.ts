@@ -90,6 +90,8 @@ const errorCode = (body: string): string => (JSON.parse(body) as { error: { code
 test('keep-alive: 72 s by default, the configured value in the header, and a socket idle longer than Node\'s 5 s is reused', async (t) => {
   assert.equal(loadConfig({}).keepAliveTimeoutMs, 72_000);
   assert.throws(() => loadConfig({ KEEP_ALIVE_TIMEOUT_MS: '10' }), /KEEP_ALIVE_TIMEOUT_MS="10" is not valid/);
+  // An upload budget below the body limit would refuse a body between the two forever (429).
+  assert.throws(() => loadConfig({ BODY_LIMIT_BYTES: '100000', MAX_INFLIGHT_BODY_BYTES: '50000' }), /MAX_INFLIGHT_BODY_BYTES="50000" is not valid: expected an integer from 100000/);
   const byDefault = await serve(t);
   assert.equal(byDefault.app.server.keepAliveTimeout, 72_000);
   assert.equal(byDefault.app.server.requestTimeout, 30_000, 'BODY_TIMEOUT_MS');
@@ -258,7 +260,7 @@ test('a client that sends its whole body and closes while its request waits is c
 });
 
 test('every /decode request is counted once by outcome, including 408 stalls, aborts, 413 while reading, upload-budget 429 and Node\'s own 400/431', async (t) => {
-  const svc = await serve(t, { BODY_LIMIT_BYTES: '20000', MAX_INFLIGHT_BODY_BYTES: '16000', BODY_TIMEOUT_MS: '1000' });
+  const svc = await serve(t, { BODY_LIMIT_BYTES: '16000', MAX_INFLIGHT_BODY_BYTES: '16000', BODY_TIMEOUT_MS: '1000' });
   const url = `http://127.0.0.1:${svc.port}`;
   const status = async (path: string, body: Buffer, headers: Record<string, string> = {}) =>
     (await fetch(url + path, { method: 'POST', body: new Uint8Array(body), headers })).status;

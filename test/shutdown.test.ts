@@ -66,7 +66,7 @@ test('shutdown: a stalled upload is closed at BODY_TIMEOUT_MS with 408, and SIGT
 });
 
 test('shutdown: uploads in flight are capped by MAX_INFLIGHT_BODY_BYTES (429) on the bytes they hold; an aborted upload is logged as such', async (t) => {
-  const svc = await start(t, { MAX_INFLIGHT_BODY_BYTES: '100000' });
+  const svc = await start(t, { BODY_LIMIT_BYTES: '100000', MAX_INFLIGHT_BODY_BYTES: '100000' });
   const a = await stalledUpload(svc, 65_536, 60_000);
   await new Promise((r) => setTimeout(r, 100));
   const res = await fetch(`${svc.url}/decode?shape=1,4,64,64`, { method: 'POST', body: latent(64) });
