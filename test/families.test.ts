@@ -80,12 +80,15 @@ test('--fp16 guard refuses an overflowing TAESD and accepts the KL fixture (guar
   assert.ok((await compareWithReference(join(dir, 'ok.onnx'))).psnr >= 40);
 });
 
-test('config.json with an unknown family is refused at discovery', async (t) => {
+test('config.json with an unknown family is refused at discovery: the folder is skipped naming it', async (t) => {
   const dir = tempDir(t);
   mkdirSync(join(dir, 'm'));
   writeFileSync(join(dir, 'm', 'model.onnx'), '');
   writeFileSync(join(dir, 'm', 'config.json'), JSON.stringify({ family: 'sd15' }));
-  await assert.rejects(discoverModels(loadConfig({ MODELS_DIR: dir })), /config\.json: family must be one of sd1, .*, got "sd15"/);
+  const warnings: string[] = [];
+  const specs = await discoverModels(loadConfig({ MODELS_DIR: dir }), { warn: (_o: object, msg: string) => warnings.push(msg) });
+  assert.ok(!specs.some((s) => s.name === 'm'));
+  assert.match(warnings.join('\n'), /skipping m: .*config\.json: family must be one of sd1, .*, got "sd15"/);
 });
 
 test('CLI: convert --family taesd records it; an unknown --family is a usage error', async (t) => {
