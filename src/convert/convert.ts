@@ -7,12 +7,15 @@ import { basename, dirname, join } from 'node:path';
 import { writeModelFile, type ElemType } from '../onnx/graph.js';
 import { checkFp16, type Fp16Report } from './fp16-guard.js';
 import { SafetensorsFile } from './safetensors.js';
+import { buildEncoderGraph } from './encoder-graph.js';
+import { EncoderWeights, findKlEncoder, hasKlDecoder } from './encoder-weights.js';
+import { buildTaesdEncoderGraph, detectTaesdEncoder, TaesdEncoderWeights } from './taesd-encoder.js';
 import { buildTaesdGraph } from './taesd-graph.js';
 import { TaesdWeights, detectTaesd } from './taesd-weights.js';
 import { buildDecoderGraph, type DecoderGraph } from './vae-graph.js';
 import { VaeWeights } from './vae-weights.js';
 import {
-  CONFIG_FILE, FAMILIES, FAMILY_NAMES, MODEL_FILE, SD_SCALING_FACTOR, familiesFor, isFamily,
+  CONFIG_FILE, ENCODER_FILE, FAMILIES, FAMILY_NAMES, MODEL_FILE, SD_SCALING_FACTOR, familiesFor, isFamily,
   type Family, type FamilyKind, type ModelConfig, type Precision,
 } from '../serving/model-config.js';
 
@@ -46,12 +49,54 @@ export interface ConvertResult {
   architecture: string;
   /** What the --fp16 guard measured (only with fp16). */
   fp16Check?: Fp16Report;
+  /** The encoder written beside the decoder (`encoder.onnx` in a model folder), when the weights hold one. */
+  encoder?: { path: string; architecture: string; bytes: number };
+  /** Why an encoder in the weights was not written (a tensor missing or mis-shaped); the decoder was. */
+  encoderSkipped?: string;
+  /** The weights hold an encoder only (TAESD ships its halves as separate files): no decoder was written. */
+  encoderOnly?: boolean;
   seconds: number;
+  /** Bytes written, both files together. */
   bytes: number;
 }
 
-/** The decoder found in a checkpoint, either architecture, behind one interface. */
-interface DecoderSource {
+/** Where the encoder goes: `encoder.onnx` beside a model folder's `model.onnx`, else `<name>.encoder.onnx`. */
+export function encoderPath(out: string): string {
+  return basename(out) === MODEL_FILE ? join(dirname(out), ENCODER_FILE) : out.replace(/(\.onnx)?$/i, '.encoder.onnx');
+}
+
+/** The checkpoint's encoder, or undefined when it holds none. */
+async function openEncoder(path: string): Promise<GraphSource | undefined> {
+  const file = await SafetensorsFile.open(path);
+  if (detectTaesdEncoder(file)) {
+    const w = await TaesdEncoderWeights.fromFile(file);
+    return {
+      kind: 'taesd',
+      latentChannels: w.config.latentChannels,
+      architecture: `TAESD encoder (${w.layout} layout), ${w.config.ch} ch`,
+      shape: {},
+      weights: w,
+      build: (type) => buildTaesdEncoderGraph(w.config, type),
+    };
+  }
+  if (findKlEncoder(new Set(file.keys())) === undefined) {
+    await file.close();
+    return undefined;
+  }
+  const w = await EncoderWeights.fromFile(file);
+  const cfg = w.config;
+  return {
+    kind: 'kl',
+    latentChannels: cfg.latentChannels,
+    architecture: `KL encoder ch ${cfg.ch} × [${cfg.chMult.join(', ')}], ${cfg.numResBlocks} res blocks${cfg.hasQuantConv ? '' : ', no quant_conv'}`,
+    shape: {},
+    weights: w,
+    build: (type) => buildEncoderGraph(cfg, type),
+  };
+}
+
+/** The decoder or encoder found in a checkpoint, either architecture, behind one interface. */
+interface GraphSource {
   kind: FamilyKind;
   latentChannels: number;
   architecture: string;
@@ -60,9 +105,11 @@ interface DecoderSource {
   build(type: ElemType): DecoderGraph;
 }
 
-async function openDecoder(path: string): Promise<DecoderSource> {
+/** The checkpoint's decoder, or undefined when it holds none (a TAESD encoder file). */
+async function openDecoder(path: string): Promise<GraphSource | undefined> {
   const file = await SafetensorsFile.open(path);
-  if (detectTaesd(new Set(file.keys()))) {
+  const keys = new Set(file.keys());
+  if (detectTaesd(keys)) {
     const w = await TaesdWeights.fromFile(file);
     return {
       kind: 'taesd',
@@ -72,6 +119,11 @@ async function openDecoder(path: string): Promise<DecoderSource> {
       weights: w,
       build: (type) => buildTaesdGraph(w.config, type),
     };
+  }
+  // a file with an encoder and no decoder is an encoder file; with neither, the decoder reader says what is missing
+  if (!hasKlDecoder(keys) && (findKlEncoder(keys) !== undefined || detectTaesdEncoder(file))) {
+    await file.close();
+    return undefined;
   }
   const w = await VaeWeights.fromFile(file);
   const cfg = w.config;
@@ -88,71 +140,117 @@ async function openDecoder(path: string): Promise<DecoderSource> {
 export async function convertCheckpoint(opts: ConvertOptions): Promise<ConvertResult> {
   const started = performance.now();
   const inRepoFolder = basename(opts.out) === MODEL_FILE;
-  const src = await openDecoder(opts.weights);
+  const decoder = await openDecoder(opts.weights);
+  let encoder: GraphSource | undefined;
   try {
-    const factors = resolveFactors(src, opts);
+    encoder = await openEncoder(opts.weights);
+  } catch (err) {
+    await decoder?.weights.close();
+    throw err;
+  }
+  try {
+    const main = (decoder ?? encoder)!;
+    if (decoder && encoder && decoder.latentChannels !== encoder.latentChannels) {
+      throw new Error(`${opts.weights}: the decoder takes ${decoder.latentChannels} latent channels but the encoder makes ${encoder.latentChannels}`);
+    }
+    const factors = resolveFactors(main, opts);
     const precision: Precision = opts.fp16 ? 'fp16' : 'fp32';
     const config: ModelConfig = {
       name: opts.name ?? (inRepoFolder ? basename(dirname(opts.out)) : basename(opts.out).replace(/\.onnx$/i, '')),
-      latentChannels: src.latentChannels,
+      latentChannels: main.latentChannels,
       scalingFactor: factors.scalingFactor,
       shiftFactor: factors.shiftFactor,
       precision,
       source: opts.source ?? basename(opts.weights),
       ...(factors.family ? { family: factors.family } : {}),
     };
+    const metadata = {
+      name: config.name,
+      scaling_factor: String(config.scalingFactor),
+      shift_factor: String(config.shiftFactor),
+      latent_channels: String(config.latentChannels),
+      precision,
+      source: config.source,
+      ...(config.family ? { family: config.family } : {}),
+    };
     const type = opts.fp16 ? 'float16' : 'float32';
-    const { graph, weights: refs } = src.build(type);
-    for (const ref of refs) src.weights.check(ref.name, ref.shape); // fail before writing anything
-    const model = graph.model({
-      doc: `${src.kind === 'taesd' ? 'TAESD' : 'SD-family VAE'} decoder (${precision}) converted from ${config.source} by latent-decoder`,
-      metadata: {
-        name: config.name,
-        scaling_factor: String(config.scalingFactor),
-        shift_factor: String(config.shiftFactor),
-        latent_channels: String(config.latentChannels),
-        precision,
-        source: config.source,
-        ...(config.family ? { family: config.family } : {}),
-      },
-    });
-    await mkdir(dirname(opts.out), { recursive: true });
-    // written under a temporary name so a model repository never sees a half-written model, nor
-    // a float16 one the guard refuses
-    const partial = `${opts.out}.partial`;
-    let bytes: number;
-    let fp16Check: Fp16Report | undefined;
+    const decoderGraph = decoder?.build(type);
+    for (const ref of decoderGraph?.weights ?? []) decoder!.weights.check(ref.name, ref.shape); // fail before writing anything
+    // The encoder is written in float32 whatever --fp16 says: the float16 guard measures decoders only.
+    let encoderGraph = encoder?.build('float32');
+    let encoderSkipped: string | undefined;
     try {
-      bytes = await writeModelFile(partial, model, refs.map((r) => ({
-        name: r.name,
-        type,
-        dims: r.dims,
-        load: () => src.weights.read(r.name, type),
-      })), opts.onProgress);
-      if (opts.fp16) {
+      for (const ref of encoderGraph?.weights ?? []) encoder!.weights.check(ref.name, ref.shape);
+    } catch (err) {
+      if (!decoder) throw err;
+      encoderSkipped = (err as Error).message; // a decoder with a broken encoder beside it still converts
+      encoderGraph = undefined;
+    }
+    await mkdir(dirname(opts.out), { recursive: true });
+    let bytes = 0;
+    let fp16Check: Fp16Report | undefined;
+    if (decoder && decoderGraph) {
+      const model = decoderGraph.graph.model({
+        doc: `${decoder.kind === 'taesd' ? 'TAESD' : 'SD-family VAE'} decoder (${precision}) converted from ${config.source} by latent-decoder`,
+        metadata,
+      });
+      // written under a temporary name so a model repository never sees a half-written model, nor
+      // a float16 one the guard refuses
+      bytes = await writeAtomically(opts.out, model, decoderGraph.weights, type, decoder, opts.onProgress, async (partial) => {
+        if (!opts.fp16) return;
         fp16Check = await checkFp16({
-          graph, weights: refs, fp16Model: partial, probePath: `${opts.out}.fp16-probe.partial`,
-          readFloat32: (name) => src.weights.read(name, 'float32') as Promise<Float32Array>,
+          graph: decoderGraph.graph, weights: decoderGraph.weights, fp16Model: partial, probePath: `${opts.out}.fp16-probe.partial`,
+          readFloat32: (name) => decoder.weights.read(name, 'float32') as Promise<Float32Array>,
           latentChannels: config.latentChannels, scalingFactor: config.scalingFactor, shiftFactor: config.shiftFactor,
         });
-      }
-      await rename(partial, opts.out);
-    } catch (err) {
-      await rm(partial, { force: true });
-      throw err;
+      });
+    }
+    let encoderResult: ConvertResult['encoder'];
+    if (encoder && encoderGraph) {
+      const path = encoderPath(opts.out);
+      const model = encoderGraph.graph.model({
+        doc: `${encoder.kind === 'taesd' ? 'TAESD' : 'SD-family VAE'} encoder (fp32) converted from ${config.source} by latent-decoder`,
+        metadata: { ...metadata, precision: 'fp32', direction: 'encode' },
+      });
+      const encBytes = await writeAtomically(path, model, encoderGraph.weights, 'float32', encoder, decoder ? undefined : opts.onProgress);
+      encoderResult = { path, architecture: encoder.architecture, bytes: encBytes };
     }
     if (opts.writeConfig ?? inRepoFolder) {
       await writeFile(join(dirname(opts.out), CONFIG_FILE), `${JSON.stringify(config, null, 2)}\n`);
     }
     return {
-      config: { ...config, ...src.shape },
-      architecture: src.architecture,
+      config: { ...config, ...main.shape },
+      architecture: main.architecture,
+      ...(decoder ? {} : { encoderOnly: true }),
+      ...(encoderResult ? { encoder: encoderResult } : {}),
+      ...(encoderSkipped ? { encoderSkipped } : {}),
       ...(fp16Check ? { fp16Check } : {}),
       seconds: (performance.now() - started) / 1000,
-      bytes,
+      bytes: bytes + (encoderResult?.bytes ?? 0),
     };
   } finally {
-    await src.weights.close();
+    await decoder?.weights.close();
+    await encoder?.weights.close();
+  }
+}
+
+/** Writes a graph's model to `<path>.partial`, runs `verify` on it, then renames it into place. */
+async function writeAtomically(path: string, model: ReturnType<DecoderGraph['graph']['model']>, refs: DecoderGraph['weights'], type: ElemType,
+  src: GraphSource, onProgress?: (done: number, total: number) => void, verify?: (partial: string) => Promise<void>): Promise<number> {
+  const partial = `${path}.partial`;
+  try {
+    const bytes = await writeModelFile(partial, model, refs.map((r) => ({
+      name: r.name,
+      type,
+      dims: r.dims,
+      load: () => src.weights.read(r.name, type === 'float16' ? 'float16' : 'float32'),
+    })), onProgress);
+    await verify?.(partial);
+    await rename(partial, path);
+    return bytes;
+  } catch (err) {
+    await rm(partial, { force: true });
+    throw err;
   }
 }
 
@@ -164,7 +262,7 @@ const describe = (kind: FamilyKind, channels: number) => `${channels}-channel ${
  * inferred when every family that fits shares them (the whole TAESD family: 1 and 0), and a
  * 4-channel KL VAE keeps the SD 1.x/2.x default it always had.
  */
-function resolveFactors(src: DecoderSource, opts: ConvertOptions): { scalingFactor: number; shiftFactor: number; family?: Family } {
+function resolveFactors(src: GraphSource, opts: ConvertOptions): { scalingFactor: number; shiftFactor: number; family?: Family } {
   const fits = familiesFor(src.kind, src.latentChannels);
   const explicit = (f: { scalingFactor: number; shiftFactor: number }, family?: Family) => ({
     scalingFactor: opts.scalingFactor ?? f.scalingFactor,

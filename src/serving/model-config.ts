@@ -4,6 +4,8 @@
 
 export const MODEL_FILE = 'model.onnx';
 export const CONFIG_FILE = 'config.json';
+/** The encoder (image → latents) beside the decoder in a model folder, when the weights held one. */
+export const ENCODER_FILE = 'encoder.onnx';
 
 export type Precision = 'fp32' | 'fp16';
 
