@@ -15,14 +15,16 @@ import { decodeSchema, documentOnly } from '../schemas.js';
 import type { ServedModel } from '../serving/served-model.js';
 import { decodeTiled, tilingFor } from '../serving/tiled.js';
 
-function outcomeOf(status: number): Outcome {
+/** The metrics outcome of an answered status. */
+export function outcomeOf(status: number): Outcome {
   if (status === 429) return 'rejected';
   if (status === 504) return 'timed_out';
   if (status === 499) return 'cancelled';
   return status < 500 ? 'bad_request' : 'error';
 }
 
-function timeoutMs(req: FastifyRequest, max: number): number {
+/** The request's time budget, ms: X-Request-Timeout-Ms shortens REQUEST_TIMEOUT_MS, never lengthens it. */
+export function timeoutMs(req: FastifyRequest, max: number): number {
   const raw = req.headers['x-request-timeout-ms'];
   if (raw === undefined) return max;
   // Decimal only: Number() would also read 0x10, 1e3 and an empty string.
@@ -36,7 +38,8 @@ function timeoutMs(req: FastifyRequest, max: number): number {
 /** Bytes of a refused request's unread body worth draining to keep its connection open. */
 const DRAIN_AT_MOST = 64 * 1024;
 
-function registryOf(host: ModelHost): NonNullable<ModelHost['registry']> {
+/** The loaded registry; SHUTTING_DOWN while draining, NOT_READY while loading. */
+export function registryOf(host: ModelHost): NonNullable<ModelHost['registry']> {
   if (host.draining) throw new ServiceError('SHUTTING_DOWN', 'the service is shutting down; retry on another replica');
   if (!host.registry) throw new ServiceError('NOT_READY', 'the models are still loading; retry shortly');
   return host.registry;
@@ -229,7 +232,7 @@ export default async function decodeRoutes(app: FastifyInstance): Promise<void> 
  * total;dur=…` (ms); total is Fastify's time since the request arrived, body reading included, so
  * total − infer − encode is the service's own overhead.
  */
-function serverTiming(timings: StageTimings, reply: FastifyReply): string {
+export function serverTiming(timings: StageTimings, reply: FastifyReply): string {
   const stages = Object.entries(timings).map(([k, v]) => `${k};dur=${(v as number).toFixed(2)}`);
   return [...stages, `total;dur=${reply.elapsedTime.toFixed(2)}`].join(', ');
 }

@@ -1,4 +1,4 @@
-// GET /v1/models: what is served, on which execution provider, with which factors.
+// GET /v1/models: what is served, in which directions, on which execution provider, with which factors.
 import type { FastifyInstance } from 'fastify';
 import { modelsSchema } from '../schemas.js';
 
@@ -6,22 +6,29 @@ export default async function modelRoutes(app: FastifyInstance): Promise<void> {
   const host = app.models;
   app.get('/v1/models', { schema: modelsSchema }, async () => {
     const reg = host.registry;
+    if (!reg) return { defaultModel: null, models: [] };
     return {
-      defaultModel: reg?.defaultName ?? null,
-      models: reg ? [...reg.models.values()].map((m) => ({
-        name: m.name,
-        default: m.name === reg.defaultName,
-        family: m.family ?? null,
-        channels: m.channels,
-        instances: m.runners.length,
-        precision: m.precision,
-        scalingFactor: m.scalingFactor,
-        shiftFactor: m.shiftFactor,
-        provider: m.io.provider,
-        ready: !host.draining,
-        builtin: m.spec.builtin,
-        source: m.spec.file.source ?? m.spec.modelPath ?? null,
-      })) : [],
+      defaultModel: reg.defaultName,
+      models: reg.allNames.map((name) => {
+        const m = reg.models.get(name);
+        const e = reg.encoders.get(name);
+        const file = m?.spec.file ?? e!.file;
+        return {
+          name,
+          default: name === reg.defaultName,
+          directions: [...(m ? ['decode'] : []), ...(e ? ['encode'] : [])],
+          family: m?.family ?? file.family ?? e?.runners[0]!.io.metadata.family ?? null,
+          channels: m?.channels ?? e!.latentChannels,
+          instances: (m ?? e)!.runners.length,
+          precision: m?.precision ?? file.precision ?? 'fp32',
+          scalingFactor: m?.scalingFactor ?? e!.scalingFactor,
+          shiftFactor: m?.shiftFactor ?? e!.shiftFactor,
+          provider: m?.io.provider ?? e!.provider,
+          ready: !host.draining,
+          builtin: m?.spec.builtin ?? false,
+          source: file.source ?? m?.spec.modelPath ?? null,
+        };
+      }),
     };
   });
 }

@@ -19,6 +19,14 @@ export interface ModelConfig {
   source: string;
   /** The model family (see FAMILIES), when the converter was told it or could be certain of it. */
   family?: Family;
+  /**
+   * Per-channel statistics of the denoiser's space, replacing scalingFactor/shiftFactor's shift
+   * (FLUX.2: its BatchNorm's running_mean and sqrt(running_var + batch_norm_eps), over channels
+   * patchified 2×2: latentChannels × patchSize² values each). See latents/normalize.ts.
+   */
+  latentsMean?: number[];
+  latentsStd?: number[];
+  patchSize?: number;
 }
 
 /** A repository folder's config.json or a MODEL_PATH sidecar, as read: every field optional. */

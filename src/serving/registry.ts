@@ -8,8 +8,9 @@ import path from 'node:path';
 import type { Config } from '../config.js';
 import { availableProviders } from '../inference/providers.js';
 import type { RunnerLogger, RunnerOptions } from '../inference/runner.js';
-import { CONFIG_FILE, FAMILY_NAMES, MODEL_FILE, isFamily, type ModelConfigFile } from './model-config.js';
+import { CONFIG_FILE, ENCODER_FILE, FAMILY_NAMES, MODEL_FILE, isFamily, type ModelConfigFile } from './model-config.js';
 import { buildPreviewDecoder, PREVIEW_MODEL_NAME, PREVIEW_SCALING_FACTOR } from '../onnx/preview.js';
+import { ServedEncoder } from './served-encoder.js';
 import { ServedModel, type BatchListener, type ModelSpec } from './served-model.js';
 
 const NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
@@ -47,17 +48,21 @@ export async function discoverModels(cfg: Config): Promise<ModelSpec[]> {
     const sidecar = [`${base}.json`, `${file}.json`, ...(inRepoFolder ? [path.join(path.dirname(file), CONFIG_FILE)] : [])].find((f) => existsSync(f));
     const conf = sidecar ? await readJson(sidecar) : {};
     const name = conf.name ?? (inRepoFolder ? path.basename(path.dirname(file)) : path.basename(base));
-    specs.push({ name, modelPath: file, file: conf, builtin: false });
+    const encoder = inRepoFolder ? path.join(path.dirname(file), ENCODER_FILE) : `${base}.encoder.onnx`;
+    specs.push({ name, modelPath: file, file: conf, builtin: false, ...(existsSync(encoder) ? { encoderPath: encoder } : {}) });
   }
   const dir = path.resolve(cfg.modelsDir);
   if (existsSync(dir)) {
     for (const entry of (await readdir(dir, { withFileTypes: true })).sort((a, b) => a.name.localeCompare(b.name))) {
       if (!entry.isDirectory() || entry.name.startsWith('.')) continue;
       const onnx = path.join(dir, entry.name, MODEL_FILE);
-      if (!existsSync(onnx)) continue;
+      const encoder = path.join(dir, entry.name, ENCODER_FILE);
+      const [decodes, encodes] = [existsSync(onnx), existsSync(encoder)];
+      if (!decodes && !encodes) continue;
       const confFile = path.join(dir, entry.name, CONFIG_FILE);
       const conf = existsSync(confFile) ? await readJson(confFile) : {};
-      specs.push({ name: conf.name ?? entry.name, modelPath: onnx, file: conf, builtin: false });
+      // a folder with encoder.onnx alone (a TAESD encoder file) serves /encode only
+      specs.push({ name: conf.name ?? entry.name, ...(decodes ? { modelPath: onnx } : {}), ...(encodes ? { encoderPath: encoder } : {}), file: conf, builtin: false });
     }
   }
   const seen = new Set<string>();
@@ -70,11 +75,14 @@ export async function discoverModels(cfg: Config): Promise<ModelSpec[]> {
 }
 
 export class ModelRegistry {
+  /** The decoders (every model but an encode-only one). */
   readonly models = new Map<string, ServedModel>();
+  /** The encoders, by model name (a folder's encoder.onnx). */
+  readonly encoders = new Map<string, ServedEncoder>();
   defaultName: string;
 
   private constructor(specs: ModelSpec[], private readonly cfg: Config) {
-    const real = specs.filter((s) => !s.builtin);
+    const real = specs.filter((s) => !s.builtin && (s.modelPath || s.modelBytes));
     this.defaultName = cfg.defaultModel ?? real[0]?.name ?? PREVIEW_MODEL_NAME;
     if (!specs.some((s) => s.name === this.defaultName)) {
       throw new Error(`DEFAULT_MODEL=${this.defaultName} is not among the models: ${specs.map((s) => s.name).join(', ')}`);
@@ -90,9 +98,19 @@ export class ModelRegistry {
     }
     if (usable.length === 0) throw new Error(`no execution provider can load: ${missing.join(', ')} not installed; add cpu to EXECUTION_PROVIDERS`);
     const run = { ...cfg, executionProviders: usable };
-    const loaded = await Promise.allSettled(specs.map((s) => ServedModel.start(s, run, log, onBatch, runnerOpts)));
-    const failed = loaded.flatMap((r, i) => (r.status === 'rejected' ? [`${specs[i]!.name}: ${(r.reason as Error).message}`] : []));
+    const decoders = specs.filter((s) => s.modelPath || s.modelBytes);
+    const encoders = specs.filter((s) => s.encoderPath);
+    const encodeBatch = onBatch && ((model: string, info: Parameters<BatchListener>[1]) => onBatch(model, info, 'encode'));
+    const [loaded, loadedEnc] = await Promise.all([
+      Promise.allSettled(decoders.map((s) => ServedModel.start(s, run, log, onBatch, runnerOpts))),
+      Promise.allSettled(encoders.map((s) => ServedEncoder.start(s.name, s.encoderPath!, s.file, run, log, encodeBatch, runnerOpts))),
+    ]);
+    const failed = [
+      ...loaded.flatMap((r, i) => (r.status === 'rejected' ? [`${decoders[i]!.name}: ${(r.reason as Error).message}`] : [])),
+      ...loadedEnc.flatMap((r, i) => (r.status === 'rejected' ? [`${encoders[i]!.name}: ${(r.reason as Error).message}`] : [])),
+    ];
     for (const r of loaded) if (r.status === 'fulfilled') reg.models.set(r.value.name, r.value);
+    for (const r of loadedEnc) if (r.status === 'fulfilled') reg.encoders.set(r.value.name, r.value);
     if (failed.length > 0) {
       await reg.close();
       throw new Error(`models failed to load: ${failed.join('; ')}`);
@@ -104,13 +122,25 @@ export class ModelRegistry {
     return this.models.get(name ?? this.defaultName);
   }
 
-  /** Every model's every instance is running (none restarting or given up). */
-  get healthy(): boolean {
-    return [...this.models.values()].every((m) => m.healthy);
+  /** The encoder of a model; without a name, the default model's, else the first that encodes. */
+  encoder(name: string | undefined): ServedEncoder | undefined {
+    if (name !== undefined) return this.encoders.get(name);
+    return this.encoders.get(this.defaultName) ?? this.encoders.values().next().value;
   }
 
+  /** Every model's every instance is running (none restarting or given up). */
+  get healthy(): boolean {
+    return [...this.models.values(), ...this.encoders.values()].every((m) => m.healthy);
+  }
+
+  /** The models /decode serves. */
   get names(): string[] {
     return [...this.models.keys()];
+  }
+
+  /** Every model name, decode or encode, in load order. */
+  get allNames(): string[] {
+    return [...new Set([...this.models.keys(), ...this.encoders.keys()])];
   }
 
   get config(): Config {
@@ -119,15 +149,15 @@ export class ModelRegistry {
 
   /** Resolves when no model has anything queued or running. */
   async idle(): Promise<void> {
-    await Promise.all([...this.models.values()].map((m) => m.batcher.idle()));
+    await Promise.all([...this.models.values(), ...this.encoders.values()].map((m) => m.batcher.idle()));
   }
 
   /** Answers every request still queued or running with `err`; the runs themselves go on. */
   failAll(err: unknown): void {
-    for (const m of this.models.values()) m.batcher.failAll(err);
+    for (const m of [...this.models.values(), ...this.encoders.values()]) m.batcher.failAll(err);
   }
 
   async close(): Promise<void> {
-    await Promise.all([...this.models.values()].map((m) => m.close()));
+    await Promise.all([...this.models.values(), ...this.encoders.values()].map((m) => m.close()));
   }
 }

@@ -6,13 +6,17 @@ import type { Config } from '../config.js';
 import { Batcher, type Batch, type BatchInfo } from '../batching/batcher.js';
 import { ServiceError } from '../errors.js';
 import { InferenceRunner, type RunnerLogger, type RunnerOptions, type RunResult } from '../inference/runner.js';
-import type { ModelIo, OutputName } from '../inference/protocol.js';
+import type { Direction, ModelIo, OutputName } from '../inference/protocol.js';
 import type { LatentTensor, ModelLimits } from '../latents/parse.js';
-import { FAMILIES, defaultFactors, isFamily, type ModelConfigFile } from './model-config.js';
+import { servedFactors } from './factors.js';
+import type { ModelConfigFile } from './model-config.js';
 
 export interface ModelSpec {
   name: string;
+  /** The decoder (model.onnx); absent for an encode-only folder. */
   modelPath?: string;
+  /** The encoder beside it (encoder.onnx), when the folder has one. */
+  encoderPath?: string;
   modelBytes?: Uint8Array;
   file: ModelConfigFile;
   builtin: boolean;
@@ -39,7 +43,7 @@ export interface Decoded {
   runMs: number;
 }
 
-export type BatchListener = (model: string, info: BatchInfo) => void;
+export type BatchListener = (model: string, info: BatchInfo, direction?: Direction) => void;
 
 export class ServedModel implements ModelLimits {
   readonly batcher: Batcher<Payload, BatchResult>;
@@ -50,17 +54,10 @@ export class ServedModel implements ModelLimits {
   private readonly fixedSide: [number | string, number | string];
   private constructor(readonly spec: ModelSpec, readonly runners: InferenceRunner[], cfg: Config, onBatch?: BatchListener) {
     const io = runners[0]!.io;
-    const meta = io.metadata;
-    const defaults = defaultFactors(io.channels);
-    const metaNum = (k: string): number | undefined => (meta[k] !== undefined && Number.isFinite(Number(meta[k])) ? Number(meta[k]) : undefined);
-    const scaling = spec.file.scalingFactor ?? metaNum('scaling_factor');
-    // a named family (config.json or metadata) stands in for factors the model does not state
-    const family = spec.file.family ?? meta.family;
-    const preset = isFamily(family) ? FAMILIES[family] : undefined;
-    const base = scaling !== undefined ? { scalingFactor: scaling, shiftFactor: 0 } : preset ?? defaults;
-    this.scalingFactor = base.scalingFactor;
-    this.shiftFactor = spec.file.shiftFactor ?? metaNum('shift_factor') ?? base.shiftFactor;
-    this.factorsGuessed = scaling === undefined && !preset && defaults.guessed;
+    const factors = servedFactors(spec.file, io.metadata, io.channels);
+    this.scalingFactor = factors.scalingFactor;
+    this.shiftFactor = factors.shiftFactor;
+    this.factorsGuessed = factors.guessed;
     this.maxLatentSide = cfg.maxLatentSide;
     this.fixedSide = [io.inputShape[2]!, io.inputShape[3]!];
     const fixedBatch = typeof io.inputShape[0] === 'number' ? io.inputShape[0] : Infinity;
