@@ -39,7 +39,10 @@ Run 'latent-decoder <command> --help' for a command's options.`,
 Reads LDM (first_stage_model./vae./bare) or diffusers AutoencoderKL safetensors, and TAESD
 decoders (taesd_decoder.safetensors or diffusers AutoencoderTiny), F32/F16/BF16; the architecture
 is told from the keys. When <out.onnx> is <dir>/model.onnx, config.json is written beside it
-(a model repository folder).
+(a model repository folder). An encoder in the weights (KL Encoder + quant_conv, or a TAESD
+encoder file) is written too, always float32: <dir>/encoder.onnx (else <out>.encoder.onnx); an
+encoder-only file gives an encode-only folder, and a second run can add the other half. FLUX.2's
+BatchNorm statistics (bn.running_mean/var, batch_norm_eps 1e-4) go into config.json.
 
 Options:
   --family NAME          the model family: sets the latent factors (scaling/shift) and is
@@ -129,6 +132,8 @@ function report(r: ConvertResult, out: string): void {
   console.log(`${out}: ${c.name}, ${c.latentChannels} latent channels, ${r.architecture}, ` +
     `${c.precision}, scaling ${c.scalingFactor} shift ${c.shiftFactor}${c.family ? `, family ${c.family}` : ''}, ` +
     `${(r.bytes / 2 ** 20).toFixed(1)} MiB in ${r.seconds.toFixed(1)} s`);
+  if (r.encoder) console.log(`${r.encoder.path}: ${r.encoderOnly ? 'encoder only (no decoder in the weights)' : 'the encoder'}, ${r.encoder.architecture}, fp32`);
+  if (r.encoderSkipped) console.log(`encoder not written: ${r.encoderSkipped}`);
   const g = r.fp16Check;
   if (g) {
     console.log(`float16 check: max activation ${g.maxActivation.toExponential(2)} (limit ${FP16_ACTIVATION_LIMIT}), ` +

@@ -6,6 +6,7 @@ import { mkdir, rename, rm, writeFile } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { writeModelFile, type ElemType } from '../onnx/graph.js';
 import { checkFp16, type Fp16Report } from './fp16-guard.js';
+import { readBatchNormStats } from './flux2-stats.js';
 import { SafetensorsFile } from './safetensors.js';
 import { buildEncoderGraph } from './encoder-graph.js';
 import { EncoderWeights, findKlEncoder, hasKlDecoder } from './encoder-weights.js';
@@ -37,6 +38,8 @@ export interface ConvertOptions {
   shiftFactor?: number;
   /** Recorded in the metadata; defaults to the checkpoint's file name. */
   source?: string;
+  /** FLUX.2: the BatchNorm's epsilon (its config.json's batch_norm_eps); default diffusers' 1e-4. */
+  batchNormEps?: number;
   /** Write config.json beside the model; defaults to true when `out` is named model.onnx. */
   writeConfig?: boolean;
   onProgress?: (done: number, total: number) => void;
@@ -163,6 +166,7 @@ export async function convertCheckpoint(opts: ConvertOptions): Promise<ConvertRe
       precision,
       source: opts.source ?? basename(opts.weights),
       ...(factors.family ? { family: factors.family } : {}),
+      ...(await readBatchNormStats(opts.weights, main.latentChannels, opts.batchNormEps)),
     };
     const metadata = {
       name: config.name,
@@ -172,6 +176,7 @@ export async function convertCheckpoint(opts: ConvertOptions): Promise<ConvertRe
       precision,
       source: config.source,
       ...(config.family ? { family: config.family } : {}),
+      ...(config.latentsMean ? { latents_mean: JSON.stringify(config.latentsMean), latents_std: JSON.stringify(config.latentsStd), patch_size: String(config.patchSize) } : {}),
     };
     const type = opts.fp16 ? 'float16' : 'float32';
     const decoderGraph = decoder?.build(type);

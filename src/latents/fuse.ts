@@ -4,6 +4,7 @@
 // values or so (a few ms), so a large request never holds the loop for long, nor do several.
 import { ServiceError } from '../errors.js';
 import { halfFloatTable } from '../tensor/dtype.js';
+import { denormalizeToDecoderSpace } from './denormalize.js';
 import type { LatentPlan, LatentTensor } from './parse.js';
 
 const YIELD_EVERY = 1 << 18;
@@ -16,6 +17,7 @@ interface Bad {
 }
 
 export async function toDecoderSpace(plan: LatentPlan, bytes: Uint8Array): Promise<LatentTensor> {
+  if (plan.stats) return denormalizeToDecoderSpace({ ...plan, stats: plan.stats }, bytes);
   const [n, c, h, w] = plan.shape;
   const per = c * h * w;
   const out = new Float32Array(n * per);

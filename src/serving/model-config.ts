@@ -27,6 +27,8 @@ export interface ModelConfig {
   latentsMean?: number[];
   latentsStd?: number[];
   patchSize?: number;
+  /** FLUX.2: the BatchNorm epsilon latentsStd was computed with (sqrt(running_var + eps)). */
+  batchNormEps?: number;
 }
 
 /** A repository folder's config.json or a MODEL_PATH sidecar, as read: every field optional. */
@@ -55,6 +57,8 @@ export const FAMILIES = {
   sdxl: { latentChannels: 4, kind: 'kl', scalingFactor: 0.13025, shiftFactor: 0 },
   sd3: { latentChannels: 16, kind: 'kl', scalingFactor: 1.5305, shiftFactor: 0.0609 },
   flux: { latentChannels: 16, kind: 'kl', scalingFactor: 0.3611, shiftFactor: 0.1159 },
+  // FLUX.2: no factor; its space is 2×2-patchified and normalised per channel by the VAE's BatchNorm statistics
+  flux2: { latentChannels: 32, kind: 'kl', scalingFactor: 1, shiftFactor: 0 },
   taesd: { latentChannels: 4, kind: 'taesd', scalingFactor: 1, shiftFactor: 0 },
   taesdxl: { latentChannels: 4, kind: 'taesd', scalingFactor: 1, shiftFactor: 0 },
   taesd3: { latentChannels: 16, kind: 'taesd', scalingFactor: 1, shiftFactor: 0 },

@@ -8,7 +8,8 @@ import { ServiceError } from '../errors.js';
 import { InferenceRunner, type RunnerLogger, type RunnerOptions, type RunResult } from '../inference/runner.js';
 import type { Direction, ModelIo, OutputName } from '../inference/protocol.js';
 import type { LatentTensor, ModelLimits } from '../latents/parse.js';
-import { servedFactors } from './factors.js';
+import { channelStats, type ChannelStats } from '../latents/normalize.js';
+import { servedFactors, statsConfig } from './factors.js';
 import type { ModelConfigFile } from './model-config.js';
 
 export interface ModelSpec {
@@ -51,6 +52,8 @@ export class ServedModel implements ModelLimits {
   readonly shiftFactor: number;
   readonly maxLatentSide: number;
   readonly factorsGuessed: boolean;
+  /** Per-channel statistics of the denoiser's space (FLUX.2), when the model states them. */
+  readonly stats?: ChannelStats;
   private readonly fixedSide: [number | string, number | string];
   private constructor(readonly spec: ModelSpec, readonly runners: InferenceRunner[], cfg: Config, onBatch?: BatchListener) {
     const io = runners[0]!.io;
@@ -58,6 +61,8 @@ export class ServedModel implements ModelLimits {
     this.scalingFactor = factors.scalingFactor;
     this.shiftFactor = factors.shiftFactor;
     this.factorsGuessed = factors.guessed;
+    const stats = channelStats(statsConfig(spec.file, io.metadata), io.channels, `model ${spec.name}`);
+    if (stats) this.stats = stats;
     this.maxLatentSide = cfg.maxLatentSide;
     this.fixedSide = [io.inputShape[2]!, io.inputShape[3]!];
     const fixedBatch = typeof io.inputShape[0] === 'number' ? io.inputShape[0] : Infinity;
