@@ -155,3 +155,43 @@ test('bad input: not an image nor a tensor, corrupt, too many pixels, too small,
   r = await post('/encode?pack=true&layout=nhwc', full);
   assert.deepEqual([r.status, r.code], [400, 'BAD_PARAMETER']);
 });
+
+test('tiled encode (diffusers\' _tiled_encode): tiles encoded alone, moments cross-faded in latent space, cropped and concatenated', async (t) => {
+  const { app } = await service(t);
+  // a smooth 256 x 192 image as a tensor in [-1, 1]
+  const [H, W] = [192, 256];
+  const img = new Float32Array(3 * H * W);
+  for (let c = 0; c < 3; c++) for (let y = 0; y < H; y++) for (let x = 0; x < W; x++) img[(c * H + y) * W + x] = 0.8 * Math.sin(x / (9 + c) + y / 13) * Math.cos(y / (7 + c));
+  const crop = (y0: number, x0: number, h: number, w: number): Float32Array => {
+    const out = new Float32Array(3 * h * w);
+    for (let c = 0; c < 3; c++) for (let y = 0; y < h; y++) out.set(img.subarray((c * H + y0 + y) * W + x0, (c * H + y0 + y) * W + x0 + w), (c * h + y) * w);
+    return out;
+  };
+  const encode = async (data: Float32Array, h: number, w: number, extra = ''): Promise<Float32Array> => {
+    const res = await app.inject({ method: 'POST', url: `/encode?shape=1,3,${h},${w}&do_scaling=false${extra}`, payload: bytesOf(data) });
+    assert.equal(res.statusCode, 200, res.body);
+    return f32(res.rawPayload);
+  };
+  // tiles of 16 latents (128 px), overlap 0.25: stride 96 px, blend 4 latents, crops of 12
+  const tiled = await encode(img, H, W, '&tile_size=16&tile_overlap=0.25');
+  assert.equal(tiled.length, 4 * 24 * 32);
+  const whole = await encode(img, H, W, '&tile_size=0');
+  t.diagnostic(`tiled vs untiled: max |Δ| ${maxAbs(tiled, whole).toFixed(3)} (GroupNorm statistics are per tile)`);
+  const left = await encode(crop(0, 0, 128, 128), 128, 128, '&tile_size=0'); // tile (0, 0): 16 x 16 latents
+  const right = await encode(crop(0, 96, 128, 128), 128, 128, '&tile_size=0'); // tile (0, 1)
+  let worst = 0;
+  for (let c = 0; c < 4; c++) {
+    for (let y = 0; y < 12; y++) {
+      for (let x = 0; x < 12; x++) worst = Math.max(worst, Math.abs(tiled[(c * 24 + y) * 32 + x]! - left[(c * 16 + y) * 16 + x]!));
+      for (let x = 0; x < 4; x++) {
+        const want = Math.fround(left[(c * 16 + y) * 16 + 12 + x]! * (1 - x / 4)) + Math.fround(right[(c * 16 + y) * 16 + x]! * (x / 4));
+        worst = Math.max(worst, Math.abs(tiled[(c * 24 + y) * 32 + 12 + x]! - want));
+      }
+    }
+  }
+  t.diagnostic(`tile (0,0) crop and the (0,0)|(0,1) cross-fade against the tiles encoded alone: max |Δ| ${worst.toExponential(2)}`);
+  assert.ok(worst <= 1e-4, `tiled encode differs from the blend of its tiles by ${worst}`);
+  const bad = await app.inject({ method: 'POST', url: `/encode?shape=1,3,${H},${W}&tile_size=16&tile_overlap=0.3`, payload: bytesOf(img) });
+  assert.equal(bad.statusCode, 400);
+  assert.match(bad.body, /stride of 89 px, not a whole number of latents/);
+});

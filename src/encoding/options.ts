@@ -28,10 +28,14 @@ export interface EncodeOptions {
   pack: boolean;
   /** Image sides that are not multiples of the factor: resized down (true) or refused (false). */
   resize: boolean;
+  /** Tiled encoding: tile side in latents (8× in pixels); 0 never tiles. Unset: TILE_LATENT_SIDE. */
+  tileSize?: number;
+  /** diffusers' tile_overlap_factor. Unset: TILE_OVERLAP. */
+  tileOverlap?: number;
 }
 
 export const ENCODE_OPTION_NAMES = [
-  'model', 'shape', 'dtype', 'output_dtype', 'sample_mode', 'seed', 'scaling_factor', 'shift_factor', 'do_scaling', 'layout', 'pack', 'resize',
+  'model', 'shape', 'dtype', 'output_dtype', 'sample_mode', 'seed', 'scaling_factor', 'shift_factor', 'do_scaling', 'layout', 'pack', 'resize', 'tile_size', 'tile_overlap',
 ] as const;
 
 const SAMPLE_MODES: Record<string, SampleMode> = { mode: 'mode', argmax: 'mode', sample: 'sample' };
@@ -62,6 +66,8 @@ export function parseEncodeOptions(src: Record<string, Raw>, from: OptionSource 
     layout: choice('layout', src.layout, from, { nchw: 'nchw', nhwc: 'nhwc' }, 'nchw', 'nchw (channels first, the default) or nhwc (channels last)'),
     pack: bool('pack', src.pack, from, false),
     resize: bool('resize', src.resize, from, true),
+    tileSize: num('tile_size', src.tile_size, from, true, (x) => x >= 0, 'a whole number of latents (0: never tile)'),
+    tileOverlap: num('tile_overlap', src.tile_overlap, from, false, (x) => x >= 0 && x < 1, 'a number from 0 up to (not including) 1'),
   };
   if (opts.pack && opts.layout !== 'nchw') throw new ServiceError('BAD_PARAMETER', 'pack=true gives [N, (H/16)(W/16), 4C]: layout=nhwc does not apply, leave it out');
   if (opts.seed !== undefined && opts.sampleMode !== 'sample') {

@@ -8,6 +8,8 @@ import { encodeBodyKind, readEncodeBody, type EncodeLimits } from '../encoding/i
 import type { EncodeOptions } from '../encoding/options.js';
 import { parseEncodeOptions } from '../encoding/options.js';
 import { writeLatents, type LatentsOut } from '../encoding/latents-out.js';
+import { encodeTiled } from '../encoding/tiled.js';
+import { tilingFor } from '../serving/tiled.js';
 import type { Raw } from '../latents/options.js';
 import type { Outcome, StageTimings } from '../plugins/metrics.js';
 import type { ModelRegistry } from '../serving/registry.js';
@@ -107,13 +109,17 @@ export default async function encodeRoutes(app: FastifyInstance): Promise<void> 
       timings.parse = performance.now() - start;
 
       const sample = opts.sampleMode === 'sample' && model.hasStd;
-      const res = await model.encode(pixels, input.shape, { deadline, signal: controller.signal, std: sample });
+      const [n, , h, w] = input.shape;
+      // above the untiled size, diffusers' tiled_encode (tilingFor throws for sizes that cannot be encoded at all)
+      const tiling = tilingFor([n, 3, h / VAE_SCALE_FACTOR, w / VAE_SCALE_FACTOR], opts, cfg);
+      const res = tiling
+        ? await encodeTiled(model, pixels, input.shape, tiling, { deadline, signal: controller.signal, std: sample, maxBatchSize: cfg.maxBatchSize, maxBatchLatentPixels: cfg.maxBatchLatentPixels, maxQueueSize: cfg.maxQueueSize })
+        : await model.encode(pixels, input.shape, { deadline, signal: controller.signal, std: sample });
       timings.queue = res.queueMs;
       timings.infer = res.runMs;
       if (controller.signal.aborted) throw controller.signal.reason;
 
       const t = performance.now();
-      const [n, , h, w] = input.shape;
       const stats = opts.doScaling && opts.scalingFactor === undefined && opts.shiftFactor === undefined ? model.stats : undefined;
       const out = writeLatents(res.mean, res.std, [n, model.latentChannels, h / VAE_SCALE_FACTOR, w / VAE_SCALE_FACTOR], {
         scale: opts.doScaling ? (opts.scalingFactor ?? (stats ? 1 : model.scalingFactor)) : 1,
