@@ -17,7 +17,7 @@ async function read(bytes: Buffer, lim = limits): Promise<{ data: Float32Array; 
   return { data, w: header.target.width, h: header.target.height };
 }
 
-const solid = (channels: 3 | 4, bg: sharp.Color, w = 16, h = 8) => sharp({ create: { width: w, height: h, channels, background: bg } });
+const solid = (channels: 3 | 4, bg: string | { r: number; g: number; b: number; alpha?: number }, w = 16, h = 8) => sharp({ create: { width: w, height: h, channels, background: bg } });
 
 test('RGBA: alpha dropped (not composited); grayscale expanded to three equal channels; 16-bit reduced to 8', async () => {
   const rgba = await read(await solid(4, { r: 10, g: 20, b: 30, alpha: 0.25 }).png().toBuffer());
