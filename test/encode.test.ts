@@ -195,3 +195,25 @@ test('tiled encode (diffusers\' _tiled_encode): tiles encoded alone, moments cro
   assert.equal(bad.statusCode, 400);
   assert.match(bad.body, /stride of 89 px, not a whole number of latents/);
 });
+
+test('refusals before the body: a byte count that does not fit the shape, a model without an encoder, a full queue (429 with Retry-After)', async (t) => {
+  const { app, registry } = await service(t);
+  const big = Buffer.alloc(200_000);
+  const res = await app.inject({ method: 'POST', url: '/encode?shape=1,3,64,64', payload: big });
+  assert.deepEqual([res.statusCode, res.json().error.code, res.headers.connection], [400, 'SIZE_MISMATCH', 'close']);
+  const none = await app.inject({ method: 'POST', url: '/encode?model=nope', payload: big });
+  assert.match(none.json().error.message, /no model named "nope"; models that encode: sd, taesd/);
+  // one run in the encoder's worker (a 256² image), then a full queue behind it: /encode is refused with the measured Retry-After
+  const enc = registry.encoders.get('sd')!;
+  const running = enc.encode(new Float32Array(3 * 256 * 256), [1, 3, 256, 256], {});
+  while (enc.batcher.runningBatches !== 1) await new Promise((r) => setTimeout(r, 2));
+  const stop = new AbortController();
+  const tiny = new Float32Array(3 * 8 * 8);
+  const held = Array.from({ length: 64 }, () => enc.encode(tiny, [1, 3, 8, 8], { signal: stop.signal }).catch(() => undefined));
+  const full = await app.inject({ method: 'POST', url: '/encode?model=sd', payload: await png('64x64') });
+  stop.abort();
+  assert.equal(full.statusCode, 429, full.body);
+  assert.equal(full.json().error.code, 'QUEUE_FULL');
+  assert.match(String(full.headers['retry-after']), /^[1-9]\d*$/);
+  await Promise.all([running, ...held]);
+});

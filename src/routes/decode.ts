@@ -36,7 +36,7 @@ export function timeoutMs(req: FastifyRequest, max: number): number {
 }
 
 /** Bytes of a refused request's unread body worth draining to keep its connection open. */
-const DRAIN_AT_MOST = 64 * 1024;
+export const DRAIN_AT_MOST = 64 * 1024;
 
 /** The loaded registry; SHUTTING_DOWN while draining, NOT_READY while loading. */
 export function registryOf(host: ModelHost): NonNullable<ModelHost['registry']> {

@@ -15,8 +15,9 @@ import type { Outcome, StageTimings } from '../plugins/metrics.js';
 import type { ModelRegistry } from '../serving/registry.js';
 import { VAE_SCALE_FACTOR, type ServedEncoder } from '../serving/served-encoder.js';
 import { documentOnly, encodeSchema } from '../schemas.js';
+import { BYTES_PER_ELEMENT } from '../tensor/dtype.js';
 import { encodeNpy } from '../tensor/npy.js';
-import { outcomeOf, registryOf, serverTiming, timeoutMs } from './decode.js';
+import { DRAIN_AT_MOST, outcomeOf, registryOf, serverTiming, timeoutMs } from './decode.js';
 
 /** The model's encoder; ENCODER_NOT_FOUND naming the models that encode. */
 function encoderOf(registry: ModelRegistry, name: string | undefined): ServedEncoder {
@@ -47,7 +48,7 @@ export default async function encodeRoutes(app: FastifyInstance): Promise<void> 
   const host = app.models;
 
   /** From the query string and headers, before the body is read: draining, loading, model, options, queue room. */
-  async function precheck(req: FastifyRequest): Promise<void> {
+  async function precheck(req: FastifyRequest, reply: FastifyReply): Promise<void> {
     const start = performance.now();
     let model: string | undefined;
     try {
@@ -60,9 +61,17 @@ export default async function encodeRoutes(app: FastifyInstance): Promise<void> 
       model = enc.name;
       const s = kind === 'raw' ? opts.shape : undefined;
       admit(enc, s ? (s.length === 4 ? s[0]! : 1) : 1, cfg.maxQueueSize);
+      const length = req.headers['content-length'] === undefined ? undefined : Number(req.headers['content-length']);
+      if (length === 0) throw new ServiceError('EMPTY_BODY', 'the request body is empty: send an image (PNG, JPEG, WebP) or a tensor [N, 3, H, W]');
+      const want = s ? s.reduce((a, d) => a * d, 1) * BYTES_PER_ELEMENT[opts.dtype] : undefined;
+      if (want !== undefined && length !== undefined && length !== want) {
+        throw new ServiceError('SIZE_MISMATCH', `shape ${s!.join('x')} ${opts.dtype} needs ${want} bytes, got ${length}`);
+      }
     } catch (e) {
       const err = toServiceError(e);
       app.metrics.onDecode({ model, direction: 'encode', outcome: outcomeOf(err.status), seconds: (performance.now() - start) / 1000, timings: {}, samples: 0 });
+      // as on /decode: a refused large body is not read to its end
+      if (Number(req.headers['content-length'] ?? Infinity) > DRAIN_AT_MOST) reply.header('connection', 'close');
       throw err;
     }
   }
@@ -70,8 +79,8 @@ export default async function encodeRoutes(app: FastifyInstance): Promise<void> 
   app.post('/encode', {
     schema: encodeSchema,
     validatorCompiler: documentOnly,
-    preParsing: async (req, _reply, payload) => {
-      await precheck(req);
+    preParsing: async (req, reply, payload) => {
+      await precheck(req, reply);
       return payload;
     },
   }, async (req: FastifyRequest, reply: FastifyReply) => {
