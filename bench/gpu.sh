@@ -13,6 +13,8 @@
 # Writes bench/results/<date>-<host>-gpu.{md,json,svg}.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# ONNX Runtime telemetry off, as in the service (src/inference/telemetry.cts), for the check below too
+export ORT_DISABLE_TELEMETRY="${ORT_DISABLE_TELEMETRY:-1}"
 
 if ! command -v nvidia-smi >/dev/null 2>&1 || ! nvidia-smi -L >/dev/null 2>&1; then
   echo "bench/gpu.sh: no NVIDIA GPU visible (nvidia-smi missing or failing); run it on a GPU machine" >&2

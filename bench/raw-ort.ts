@@ -10,6 +10,7 @@
 // Prints (and writes to --out) a JSON RawResult.
 import { readFile, writeFile } from 'node:fs/promises';
 import { parseArgs } from 'node:util';
+import '../src/inference/telemetry.cjs'; // before onnxruntime-node: telemetry off, as in the service
 import * as ort from 'onnxruntime-node';
 import { IMAGE_OUTPUT, withPostprocess } from '../src/onnx/postprocess.js';
 import { gaussianLatents, summarize, type Summary } from './stats.js';

@@ -13,7 +13,7 @@ const event = (i: number): DecodeEvent => ({
   model: models[i & 1], outcome: 'ok', seconds: 0.05 + (i % 100) / 1000, samples: 1, format: 'png',
   timings: { parse: 0.2, queue: 3 + (i % 7), infer: 40, encode: 6 },
 });
-const batch = { key: '64x64', slot: 0, samples: 1, requests: 1, runMs: 40, ok: true };
+const batch = { key: '64x64', slot: 0, sampleCount: 1, requests: 1, runMs: 40, ok: true };
 
 function time(fn: (i: number) => void): number {
   let best = Infinity;

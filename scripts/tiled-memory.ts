@@ -46,7 +46,7 @@ async function decode(): Promise<void> {
   const app = buildApp({ config: cfg, logger: pino({ level: 'silent' }) });
   await app.ready();
   const runs: string[] = [];
-  app.models.onBatch((_m, b) => runs.push(`${b.key}:${b.samples} ${Math.round(b.runMs)}ms`));
+  app.models.onBatch((_m, b) => runs.push(`${b.key}:${b.sampleCount} ${Math.round(b.runMs)}ms`));
   await app.models.load();
   const latents = new Float32Array(4 * side * side);
   for (let i = 0; i < latents.length; i++) latents[i] = Math.sin(i * 0.37) * Math.cos(i * 0.011);

@@ -1,11 +1,11 @@
 // The application plugin: body parsing, error mapping, then the plugins (models, metrics, auth,
 // docs) and the routes, each a plugin of its own. server.ts and the tests build it with buildApp.
-import Fastify, { type FastifyInstance, type FastifyServerOptions } from 'fastify';
+import Fastify, { type FastifyInstance, type FastifyRequest, type FastifyServerOptions } from 'fastify';
 import fp from 'fastify-plugin';
 import { randomUUID } from 'node:crypto';
-import { createServer } from 'node:http';
 import type { Config } from './config.js';
 import { ServiceError, isServiceError, type ErrorCode } from './errors.js';
+import { answerClientError, awaitsContinue, createHttpServer, refusalOn } from './http-server.js';
 import auth from './plugins/auth.js';
 import metrics from './plugins/metrics.js';
 import models, { type ModelHost } from './plugins/models.js';
@@ -35,14 +35,19 @@ export interface AppOptions {
 /** A client's X-Request-Id is kept when it is 1–128 printable ASCII characters, else replaced. */
 const REQUEST_ID = /^[\x21-\x7e]{1,128}$/;
 
-/** Fastify's own server settings that come from the configuration. */
+/**
+ * Fastify's own settings that come from the configuration, and the server it runs on (built in
+ * http-server.ts: Fastify applies no keep-alive or timeout option to a server its serverFactory
+ * builds). Node's own error answers (400, 408, 431) use the service's JSON format and, when no
+ * request had reached the app, count as `/decode` requests of model "none".
+ */
 export function serverOptions(cfg: Config): FastifyServerOptions {
   return {
     bodyLimit: cfg.bodyLimitBytes,
-    // Node's whole-request deadline (a stalled upload gets 408 and is closed), checked every second
-    // rather than every 30 s; Fastify's own options cannot set the check interval.
-    requestTimeout: cfg.bodyTimeoutMs,
-    serverFactory: (handler) => createServer({ requestTimeout: cfg.bodyTimeoutMs, connectionsCheckingInterval: 1000 }, handler),
+    serverFactory: (handler) => createHttpServer(handler, { keepAliveTimeoutMs: cfg.keepAliveTimeoutMs, requestTimeoutMs: cfg.bodyTimeoutMs }),
+    clientErrorHandler(this: FastifyInstance, err, socket) {
+      answerClientError(err, socket, cfg.bodyTimeoutMs, (status) => this.metrics.onUnrouted(status));
+    },
     requestIdHeader: false,
     genReqId: (req) => {
       const given = req.headers['x-request-id'];
@@ -52,9 +57,11 @@ export function serverOptions(cfg: Config): FastifyServerOptions {
 }
 
 /** Any error Fastify or a handler throws, as the service's error. */
-function asServiceError(err: unknown, cfg: Config): ServiceError {
+function asServiceError(err: unknown, cfg: Config, req: FastifyRequest): ServiceError {
   if (isServiceError(err)) return err;
   const fe = err as { code?: string; statusCode?: number; message: string };
+  const refusal = refusalOn(req.raw.socket);
+  if (refusal) return new ServiceError(refusal.code, refusal.message);
   if (fe.code === 'ECONNRESET' || fe.message === 'aborted') return new ServiceError('CLIENT_CLOSED', 'the client aborted the upload');
   const code = fe.code ? FASTIFY_CODES[fe.code] : undefined;
   if (code === 'BODY_TOO_LARGE') return new ServiceError(code, `the body is over the limit of ${cfg.bodyLimitBytes} bytes (BODY_LIMIT_BYTES); send fewer latents per request`);
@@ -68,10 +75,12 @@ async function app(app: FastifyInstance, opts: AppOptions): Promise<void> {
   // One parser for every body: /decode reads raw bytes, .npy and JSON itself, so that each
   // encoding's mistakes get the service's own error codes.
   app.removeAllContentTypeParsers();
-  app.addContentTypeParser('*', { parseAs: 'buffer' }, (_req, body, done) => done(null, body));
+  app.addContentTypeParser('*', (req, payload, done) => app.uploads.read(req, payload, { limit: cfg.bodyLimitBytes }, done));
 
   app.addHook('onSend', async (req, reply) => {
     reply.header('x-request-id', req.id);
+    // Expect: 100-continue, answered before the body was asked for: the client never sends it.
+    if (awaitsContinue(req.raw)) reply.header('connection', 'close');
   });
 
   // A client's mistake is logged at info, an overload or deadline at warn, both without a stack;
@@ -79,7 +88,7 @@ async function app(app: FastifyInstance, opts: AppOptions): Promise<void> {
   // the service's internals stay in the log (inference failures excepted: their cause is the
   // client's to see).
   app.setErrorHandler((err, req, reply) => {
-    const e = asServiceError(err, cfg);
+    const e = asServiceError(err, cfg, req);
     const line = { code: e.code, status: e.status };
     if (e.status === 500) req.log.error({ ...line, err: e.cause ?? e }, e.message);
     else if (e.status >= 429 && e.status !== 499) req.log.warn(line, e.message);
@@ -89,8 +98,9 @@ async function app(app: FastifyInstance, opts: AppOptions): Promise<void> {
     void reply.code(e.status).headers(e.headers).type('application/json').send(body);
   });
 
+  const notFound = (req: FastifyRequest): ServiceError => new ServiceError('NOT_FOUND', `no route ${req.method} ${req.url.split('?')[0]}`);
   app.setNotFoundHandler((req, reply) => {
-    void reply.code(404).send(new ServiceError('NOT_FOUND', `no route ${req.method} ${req.url.split('?')[0]}`).body());
+    void reply.code(404).send(notFound(req).body());
   });
 
   app.addSchema(errorSchema);
@@ -98,7 +108,11 @@ async function app(app: FastifyInstance, opts: AppOptions): Promise<void> {
   await app.register(metrics);
   await app.register(auth, { tokens: cfg.authTokens });
   // After auth: an unauthenticated client is refused before it counts against the upload cap.
-  await app.register(uploads, { bodyLimitBytes: cfg.bodyLimitBytes, maxInflightBodyBytes: cfg.maxInflightBodyBytes });
+  await app.register(uploads, { maxInflightBodyBytes: cfg.maxInflightBodyBytes });
+  // After auth (an unknown route needs a token too): answered before its body is read.
+  app.addHook('onRequest', async (req) => {
+    if (req.is404) throw notFound(req);
+  });
   // Before the routes: the document collects them as they are added.
   await app.register(swagger);
   await app.register(healthRoutes);

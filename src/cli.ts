@@ -8,6 +8,7 @@ import { convertCheckpoint, type ConvertResult } from './convert/convert.js';
 import { CONFIG_FILE, FAMILIES, FAMILY_NAMES, MODEL_FILE, isFamily, type Family } from './serving/model-config.js';
 import { pull } from './convert/hub.js';
 import { FP16_ACTIVATION_LIMIT } from './convert/fp16-guard.js';
+import { writeHint } from './convert/output.js';
 
 const DEFAULT_MODELS_DIR = 'models';
 // "sd1, sd2 0.18215/0; sdxl 0.13025/0; ...": families grouped by their factors, wrapped under the option
@@ -51,6 +52,8 @@ ${FAMILY_HELP}
   --fp16                 float16 weights and compute (float32 input and output); refused when
                          float16 cannot hold the decoder's activations or loses accuracy
   --name NAME            model name (default: the folder or file name)
+  --allow-nan            convert weights holding NaN or ±Inf (refused by default, naming the
+                         tensor: such a model decodes every input to NaN); a warning is printed
   --scaling-factor F     latent scaling factor (default: the family's; 0.18215 for 4-channel
                          KL VAEs, 1 for TAESD; required for 16-channel KL VAEs without --family)
   --shift-factor S       latent shift factor (default: the family's, else 0)
@@ -74,14 +77,16 @@ Options:
   --name NAME            model name (default: the repository name)
   --family NAME          ${FAMILY_NAMES.join('|')} (see convert --help)
   --fp16                 float16 weights and compute (checked as in convert)
-  --models-dir DIR       model repository folder (default ${DEFAULT_MODELS_DIR})
+  --models-dir DIR       model repository folder (default $MODELS_DIR, else ${DEFAULT_MODELS_DIR}),
+                         the folder the server serves from
   --no-verify            accept files the Hub gives no checksum for (a warning is printed)
   -h, --help             show this help`,
   models: `Usage: latent-decoder models [--models-dir DIR]
 
 Lists the models the server would serve with the same environment: the built-in preview, the
 MODEL_PATH file when set, and the folders of the model repository (--models-dir, else MODELS_DIR,
-else ${DEFAULT_MODELS_DIR}) that hold ${MODEL_FILE} (+ ${CONFIG_FILE}).`,
+else ${DEFAULT_MODELS_DIR}) that hold ${MODEL_FILE} (+ ${CONFIG_FILE}); an entry the server would skip
+is named on stderr with the reason.`,
 };
 
 class UsageError extends Error {}
@@ -148,6 +153,7 @@ async function convertCommand(args: string[]): Promise<void> {
     family: { type: 'string' },
     'scaling-factor': { type: 'string' },
     'shift-factor': { type: 'string' },
+    'allow-nan': { type: 'boolean' },
   }, 2);
   if (!p) return void console.log(HELP.convert);
   const [weights, out] = p.positionals as [string, string];
@@ -159,6 +165,8 @@ async function convertCommand(args: string[]): Promise<void> {
     family: familyOption(p.values),
     scalingFactor: numberOption(p.values, 'scaling-factor'),
     shiftFactor: numberOption(p.values, 'shift-factor'),
+    allowNonFinite: p.values['allow-nan'] === true,
+    warn: (m) => void process.stderr.write(`latent-decoder: warning: ${m}\n`),
     onProgress: progress('converting'),
   });
   report(result, out);
@@ -182,7 +190,7 @@ async function pullCommand(args: string[]): Promise<void> {
     name: p.values.name as string | undefined,
     family: familyOption(p.values),
     fp16: p.values.fp16 === true,
-    modelsDir: (p.values['models-dir'] as string | undefined) ?? DEFAULT_MODELS_DIR,
+    modelsDir: (p.values['models-dir'] as string | undefined) ?? (process.env.MODELS_DIR || DEFAULT_MODELS_DIR),
     verify: p.values['no-verify'] !== true,
     onProgress: (phase, done, total) => show[phase]?.(done, total),
   });
@@ -203,7 +211,8 @@ async function modelsCommand(args: string[]): Promise<void> {
     cfg.modelsDir = dir;
   }
   const rows: string[][] = [];
-  for (const spec of await discoverModels(cfg)) {
+  const warn = { warn: (_: object, msg: string) => void process.stderr.write(`latent-decoder: ${msg}\n`) };
+  for (const spec of await discoverModels(cfg, warn)) {
     const c = spec.file;
     const size = spec.builtin ? 'built-in' : await stat(spec.modelPath!).then((s) => `${(s.size / 2 ** 20).toFixed(1)} MiB`, () => 'missing');
     rows.push([spec.name, String(c.latentChannels ?? '?'), c.precision ?? '?', String(c.scalingFactor ?? '?'), String(c.shiftFactor ?? 0), size, c.family ?? '']);
@@ -233,7 +242,7 @@ export async function main(argv: string[]): Promise<number> {
     return 0;
   } catch (err) {
     const usage = err instanceof UsageError;
-    process.stderr.write(`latent-decoder: ${(err as Error).message}\n${usage ? `Run 'latent-decoder ${run ? `${command} ` : ''}--help' for usage.\n` : ''}`);
+    process.stderr.write(`latent-decoder: ${writeHint(err) ?? (err as Error).message}\n${usage ? `Run 'latent-decoder ${run ? `${command} ` : ''}--help' for usage.\n` : ''}`);
     return usage ? 2 : 1;
   }
 }

@@ -12,6 +12,8 @@ export interface Config {
   modelPath?: string;
   /** The model repository: one folder per model (model.onnx + config.json). */
   modelsDir: string;
+  /** Largest model file loaded (bytes): ONNX's protobuf cannot hold more than 2 GiB in one file. */
+  maxModelBytes: number;
   defaultModel?: string;
   executionProviders: ExecutionProvider[];
   maxBatchSize: number;
@@ -27,7 +29,9 @@ export interface Config {
   bodyLimitBytes: number;
   /** Time to receive a whole request, body included: a stalled upload gets 408 and is closed. */
   bodyTimeoutMs: number;
-  /** Body bytes being uploaded at once, over all connections: 429 above. */
+  /** Idle keep-alive connections stay open this long: above any load balancer's idle timeout. */
+  keepAliveTimeoutMs: number;
+  /** Body bytes held by uploads in progress (received so far), over all connections: 429 above. */
   maxInflightBodyBytes: number;
   /** SIGTERM: how long accepted requests may take to be answered before the process exits anyway. */
   drainTimeoutMs: number;
@@ -49,6 +53,9 @@ export interface Config {
   /** /encode: pixels (width × height) an image may have, checked from its header before decoding: 413 above. */
   maxImagePixels: number;
 }
+
+/** A protobuf message, hence an ONNX file without external data, is at most 2 GiB. */
+export const MAX_MODEL_BYTES = 2 ** 31;
 
 export class ConfigError extends Error {
   override name = 'ConfigError';
@@ -121,6 +128,7 @@ export function loadConfig(env: Env = process.env): Config {
     port: int(env, 'PORT', 8080, 0, 65535),
     modelPath: optional(env, 'MODEL_PATH'),
     modelsDir: optional(env, 'MODELS_DIR') ?? 'models',
+    maxModelBytes: int(env, 'MAX_MODEL_BYTES', MAX_MODEL_BYTES, 1024),
     defaultModel: optional(env, 'DEFAULT_MODEL'),
     executionProviders: [...new Set(providers)] as ExecutionProvider[],
     maxBatchSize,
@@ -132,6 +140,7 @@ export function loadConfig(env: Env = process.env): Config {
     maxLatentSide,
     bodyLimitBytes,
     bodyTimeoutMs: int(env, 'BODY_TIMEOUT_MS', 30_000, 1000, 3_600_000),
+    keepAliveTimeoutMs: int(env, 'KEEP_ALIVE_TIMEOUT_MS', 72_000, 1000, 3_600_000),
     maxInflightBodyBytes: int(env, 'MAX_INFLIGHT_BODY_BYTES', 4 * bodyLimitBytes, 1024),
     drainTimeoutMs: int(env, 'DRAIN_TIMEOUT_MS', 30_000, 0, 3_600_000),
     warmupLatentSizes: latentSizes(env, 'WARMUP_LATENT_SIZES'),
@@ -139,13 +148,27 @@ export function loadConfig(env: Env = process.env): Config {
     cpuMemArena: int(env, 'ORT_CPU_MEM_ARENA', 0, 0, 1) === 1,
     pngCompressionLevel: int(env, 'PNG_COMPRESSION_LEVEL', 6, 0, 9),
     logLevel: logLevel as Config['logLevel'],
-    authTokens: (env.AUTH_TOKEN ?? '').split(',').map((t) => t.trim()).filter(Boolean),
+    authTokens: authTokens(env),
     tileLatentSide,
     tileOverlap,
     maxUntiledLatentSide,
     maxImagePixels: int(env, 'MAX_IMAGE_PIXELS', (maxLatentSide * 8) ** 2, 64),
   };
   return cfg;
+}
+
+/**
+ * AUTH_TOKEN: comma-separated bearer tokens; unset means no auth. Set but blank (`''`, `' , '`)
+ * is a mistake that would silently turn authentication off, so it stops the start.
+ */
+function authTokens(env: Env): string[] {
+  const raw = env.AUTH_TOKEN;
+  if (raw === undefined) return [];
+  const tokens = raw.split(',').map((t) => t.trim()).filter(Boolean);
+  if (tokens.length === 0) {
+    throw new ConfigError(`AUTH_TOKEN=${JSON.stringify(raw)} holds no token: set one or more comma-separated tokens, or unset AUTH_TOKEN to serve without auth`);
+  }
+  return tokens;
 }
 
 /** A number from 0 up to, not including, 1. */

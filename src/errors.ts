@@ -1,5 +1,6 @@
-// Every error code the service answers with, in one place. A client mistake is a 4xx whose
-// message names the problem; the error handler shows messages only for status < 500, except for
+// Every error code the service answers with, in one place: the OpenAPI document's error answers
+// and the README's error table are checked against it (test/openapi.test.ts). A client mistake is
+// a 4xx whose message names the problem; the error handler shows messages only for status < 500, except for
 // inference failures, whose cause the client needs to see.
 import { BatchTooLargeError, CancelledError, DeadlineError, QueueFullError } from './batching/batcher.js';
 
@@ -15,11 +16,16 @@ export const ErrorCodes = {
   CHANNEL_MISMATCH: 400,
   LATENT_TOO_LARGE: 400,
   NON_FINITE: 400,
+  LATENT_OUT_OF_RANGE: 400,
   EMPTY_BODY: 400,
+  BAD_CONTENT_ENCODING: 400,
+  BAD_REQUEST: 400,
   BAD_IMAGE: 400,
   BAD_IMAGE_SIZE: 400,
-  OUT_OF_RANGE: 400,
+  IMAGE_OUT_OF_RANGE: 400,
   UNAUTHORIZED: 401,
+  /** A request not received in full within BODY_TIMEOUT_MS (Node's requestTimeout): a stalled upload. */
+  REQUEST_TIMEOUT: 408,
   MODEL_NOT_FOUND: 404,
   NOT_FOUND: 404,
   ENCODER_NOT_FOUND: 404,
@@ -27,13 +33,17 @@ export const ErrorCodes = {
   BATCH_TOO_LARGE: 413,
   IMAGE_TOO_LARGE: 413,
   UNSUPPORTED_MEDIA_TYPE: 415,
+  UNSUPPORTED_CONTENT_ENCODING: 415,
   NON_FINITE_OUTPUT: 422,
   QUEUE_FULL: 429,
+  REQUEST_HEADER_FIELDS_TOO_LARGE: 431,
   INFERENCE_FAILED: 500,
   INTERNAL: 500,
   NOT_READY: 503,
+  MODEL_UNAVAILABLE: 503,
   SHUTTING_DOWN: 503,
   DEADLINE_EXCEEDED: 504,
+  /** Logged and counted only: the client closed the connection before the answer. */
   CLIENT_CLOSED: 499,
 } as const;
 

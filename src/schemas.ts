@@ -4,6 +4,7 @@
 // validate them: latents/ parses them itself, to answer with the service's own error codes.
 import type { FastifySchema, FastifySchemaCompiler } from 'fastify';
 import { ErrorCodes, type ErrorCode } from './errors.js';
+import { MAX_LATENT_MAGNITUDE } from './latents/fuse.js';
 import { WIRE_DTYPES } from './tensor/dtype.js';
 
 /** For routes whose schema only documents: accepts everything and changes nothing (no coercion). */
@@ -35,13 +36,18 @@ const binary = { type: 'string', format: 'binary' } as const;
 
 const RETRY_AFTER = { 'retry-after': { type: 'integer', description: 'Seconds to wait before retrying' } };
 
+/** Every status in the error table, ascending: what /decode may answer, generated so none is left out. */
+const ALL_ERROR_STATUSES = [...new Set(Object.values(ErrorCodes))].sort((a, b) => a - b);
+
 /** Error answers for the given statuses, each naming the codes it carries. */
 function errors(...statuses: number[]): Record<number, object> {
   const out: Record<number, object> = {};
   for (const status of statuses) {
     const codes = (Object.keys(ErrorCodes) as ErrorCode[]).filter((c) => ErrorCodes[c] === status);
+    // 499 is nginx's convention for the logs and metrics: the client is gone and never sees it.
+    const note = status === 499 ? ' (logged and counted only: the client closed the connection first)' : '';
     out[status] = {
-      ...json(`Error: ${codes.join(', ')}`, { $ref: 'Error#' }),
+      ...json(`Error: ${codes.join(', ')}${note}`, { $ref: 'Error#' }),
       ...(status === 429 ? { headers: RETRY_AFTER } : {}),
     };
   }
@@ -107,7 +113,8 @@ export const decodeSchema: FastifySchema = {
     'Without format, the first image type in the Accept header chooses.',
     'Parsing is strict: numbers are decimal (no 1e0 or 0x10 where an integer goes), each option is given once (a repeated key, a JSON array where a value goes,',
     'format and image_format disagreeing, or, with a JSON body, an option in the query string are a 400), an .npy body ends right after its data,',
-    'and the fields of a JSON body other than latents must be flat and under 64 KiB.',
+    'and the fields of a JSON body other than latents must be flat and under 64 KiB; height and width beside a 4-D shape must be what it decodes to (8 pixels per latent).',
+    `Values are checked in the same pass that scales them: NaN or ±Inf is NON_FINITE, a decoder-space value (latents / scaling_factor + shift_factor) beyond ±${MAX_LATENT_MAGNITUDE} is LATENT_OUT_OF_RANGE.`,
     'A request the service will refuse (unknown model, bad shape or byte count, full queue, draining) is answered from its query string and headers before its body is read, and the connection is closed.',
   ].join(' '),
   tags: ['decode'],
@@ -115,7 +122,8 @@ export const decodeSchema: FastifySchema = {
   headers: {
     type: 'object',
     properties: {
-      'x-request-timeout-ms': { type: 'number', exclusiveMinimum: 0, description: 'Shortens the request deadline (never beyond REQUEST_TIMEOUT_MS); 504 when it passes. Decimal milliseconds only' },
+      'x-request-timeout-ms': { type: 'number', exclusiveMinimum: 0, description: 'Shortens the request deadline (never beyond REQUEST_TIMEOUT_MS), counted from the request\'s arrival, upload included; 504 when it passes. Decimal milliseconds only' },
+      'content-encoding': { type: 'string', enum: ['identity', 'gzip', 'x-gzip', 'deflate'], description: 'The body\'s compression: inflated as it arrives, BODY_LIMIT_BYTES applying to the inflated bytes; any other coding is 415 UNSUPPORTED_CONTENT_ENCODING' },
       'x-request-id': { type: 'string', description: 'Echoed in the answer; generated when absent' },
     },
   },
@@ -137,7 +145,7 @@ export const decodeSchema: FastifySchema = {
     200: {
       description: 'The decoded image(s), or the tensor with output_type=pt',
       headers: {
-        'server-timing': { type: 'string', description: 'parse, queue, infer and encode durations (images only)' },
+        'server-timing': { type: 'string', description: 'parse, queue, infer, encode and total durations in ms (images and tensors)' },
         shape: { type: 'string', description: 'Tensor output only: JSON array, [N, 3, H, W] (float32) or [N, H, W, 3] (uint8, partial_postprocess)' },
         dtype: { type: 'string', enum: ['float32', 'uint8'], description: 'Tensor output only' },
       },
@@ -149,7 +157,7 @@ export const decodeSchema: FastifySchema = {
         'application/octet-stream': { schema: { ...binary, description: 'The tensor, little-endian' } },
       },
     },
-    ...errors(400, 401, 404, 413, 415, 429, 500, 503, 504),
+    ...errors(...ALL_ERROR_STATUSES),
   },
 };
 
@@ -272,13 +280,14 @@ export const modelsSchema: FastifySchema = {
               directions: { type: 'array', items: { type: 'string', enum: ['decode', 'encode'] }, description: 'What it serves: decode (POST /decode), encode (POST /encode)' },
               default: { type: 'boolean' },
               family: { type: ['string', 'null'], description: 'Model family (sd1, sdxl, sd3, flux, taesd, ...), when the model names one' },
-              channels: { type: 'integer', description: 'Latent channels' },
+              channels: { type: ['integer', 'null'], description: 'Latent channels (null for a model that did not load)' },
               instances: { type: 'integer', description: 'ONNX Runtime sessions serving it (MODEL_INSTANCES)' },
               precision: { type: 'string', description: 'fp32, fp16, ...' },
-              scalingFactor: { type: 'number' },
-              shiftFactor: { type: 'number' },
-              provider: { type: 'string', description: 'ONNX Runtime execution provider in use' },
-              ready: { type: 'boolean' },
+              scalingFactor: { type: ['number', 'null'] },
+              shiftFactor: { type: ['number', 'null'] },
+              provider: { type: ['string', 'null'], description: 'ONNX Runtime execution provider in use' },
+              ready: { type: 'boolean', description: 'loaded, warmed up, every worker running, not draining: the rule /readyz applies to all models' },
+              error: { type: 'string', description: 'Why the model cannot serve (a weight holding NaN or ±Inf, named); its requests get 503 MODEL_UNAVAILABLE' },
               builtin: { type: 'boolean' },
               source: { type: ['string', 'null'], description: 'Where the model came from' },
             },

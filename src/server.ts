@@ -76,9 +76,10 @@ app.models.onFatal = (err) => {
 try {
   const reg = await app.models.load();
   if (reg.defaultName === PREVIEW_MODEL_NAME) {
-    log.warn(`serving the built-in preview decoder "${PREVIEW_MODEL_NAME}" (a linear approximation, not the VAE): set MODEL_PATH to an ONNX VAE decoder or convert one into ${cfg.modelsDir}/ with \`npx latent-decoder pull stabilityai/sd-vae-ft-mse --subfolder ""\` (see README)`);
+    log.warn(`serving the built-in preview decoder "${PREVIEW_MODEL_NAME}" (a linear approximation, not the VAE): set MODEL_PATH to an ONNX VAE decoder or convert one into ${cfg.modelsDir}/ with \`latent-decoder pull stabilityai/sd-vae-ft-mse --subfolder ""\` (in the images; \`npx latent-decoder …\` in a clone; see README)`);
   }
-  log.info({ models: reg.names, defaultModel: reg.defaultName }, 'ready');
+  if (reg.unavailable.size > 0) log.error({ models: reg.names, unavailable: [...reg.unavailable.keys()] }, `loaded, not ready: ${reg.problem ?? ''}`);
+  else log.info({ models: reg.names, defaultModel: reg.defaultName }, 'ready');
 } catch (e) {
   log.fatal({ err: e }, 'models failed to load');
   await app.close();

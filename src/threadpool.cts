@@ -10,6 +10,7 @@
 // sees the node's cores, not a CFS quota), else os.availableParallelism(); never below libuv's 4,
 // which also serves file and DNS work.
 import os = require('node:os');
+import './inference/telemetry.cjs'; // ONNX Runtime telemetry off from the first line (see that file)
 
 const MAX = 1024; // libuv's own upper bound
 

@@ -3,6 +3,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import type { InjectOptions } from 'fastify';
+import { loadConfig } from '../src/config.js';
 import { startService } from './helpers/service.js';
 
 const TOKENS = ['alpha-0123456789', 'beta-rotated-token-with-another-length'];
@@ -13,6 +14,14 @@ test('auth: without AUTH_TOKEN every route is open', async (t) => {
   const { app } = await startService(t, { MODEL_PATH: '' });
   for (const url of ['/v1/models', '/docs/json', '/healthz', '/metrics']) assert.equal((await app.inject(url)).statusCode, 200, url);
   assert.equal((await app.inject(decode)).statusCode, 200);
+});
+
+test('auth config: a blank or whitespace-only AUTH_TOKEN stops the start, naming it; unset means no auth', () => {
+  assert.deepEqual(loadConfig({}).authTokens, []);
+  for (const blank of ['', ' ', ' , ', ',,']) {
+    assert.throws(() => loadConfig({ AUTH_TOKEN: blank }), new RegExp(`^ConfigError: AUTH_TOKEN=${JSON.stringify(blank)} holds no token`), JSON.stringify(blank));
+  }
+  assert.deepEqual(loadConfig({ AUTH_TOKEN: ' a , ,b ' }).authTokens, ['a', 'b']);
 });
 
 test('auth: with two tokens both are accepted, anything else gets 401 UNAUTHORIZED', async (t) => {

@@ -30,6 +30,10 @@ test('bad input: each mistake gets its status, code and a message naming it; a g
   withNan[1 * 256 + 2 * 16 + 3] = NaN;
   const withInf = sampleLatents(f, 0);
   withInf[5] = -Infinity;
+  const tooLarge = sampleLatents(f, 0);
+  tooLarge[1 * 256 + 2 * 16 + 3] = 2000;
+  const huge = sampleLatents(f, 0);
+  huge[5] = -1e20;
   const oneAt = new Float32Array(4 * 16 * 16);
   oneAt[1 * 256 + 2 * 16 + 3] = 1.5;
   const raw = { 'content-type': 'application/octet-stream' };
@@ -49,6 +53,8 @@ test('bad input: each mistake gets its status, code and a message naming it; a g
     { name: 'latent side over the maximum', url: '/decode?shape=1,4,8,64', payload: Buffer.alloc(4 * 4 * 8 * 64), headers: raw, status: 400, code: 'LATENT_TOO_LARGE', message: /8x64 is over the maximum side of 32/ },
     { name: 'NaN, located', url: '/decode?shape=1,4,16,16', payload: bytesOf(withNan), headers: raw, status: 400, code: 'NON_FINITE', message: /NaN at \[0, 1, 2, 3\]/ },
     { name: 'Infinity, located', url: '/decode?shape=1,4,16,16', payload: bytesOf(withInf), headers: raw, status: 400, code: 'NON_FINITE', message: /-Infinity at \[0, 0, 0, 5\]/ },
+    { name: 'latent beyond the bound once scaled', url: '/decode?shape=1,4,16,16', payload: bytesOf(tooLarge), headers: raw, status: 400, code: 'LATENT_OUT_OF_RANGE', message: /the latent 2000 at \[0, 1, 2, 3\] \(flat index 291\) becomes 10979.96 with scaling_factor=0.18215 \(the model's\) and shift_factor=0 \(the model's\), beyond ±10000/ },
+    { name: 'latent of -1e20, unscaled', url: '/decode?shape=1,4,16,16&do_scaling=false', payload: bytesOf(huge), headers: raw, status: 400, code: 'LATENT_OUT_OF_RANGE', message: /the latent -1e\+20 at \[0, 0, 0, 5\] \(flat index 5\) is beyond ±10000, the decoder-space bound/ },
     { name: 'empty body', url: '/decode?shape=1,4,16,16', payload: Buffer.alloc(0), headers: raw, status: 400, code: 'EMPTY_BODY', message: /empty/ },
     { name: 'body over the limit', url: '/decode', payload: Buffer.alloc(300_000), headers: raw, status: 413, code: 'BODY_TOO_LARGE', message: /over the limit of 200000 bytes/ },
     { name: 'unsupported content type', url: '/decode', payload: 'a,b,c', headers: { 'content-type': 'text/csv' }, status: 415, code: 'UNSUPPORTED_MEDIA_TYPE', message: /text\/csv/ },
@@ -93,6 +99,16 @@ test('bad input: each mistake gets its status, code and a message naming it; a g
     // Layouts: a channel count that fits neither reading names both.
     { name: 'bad layout', url: '/decode?shape=1,4,16,16&layout=hwc', payload: good, headers: raw, status: 400, code: 'BAD_PARAMETER', message: /layout "hwc" is not supported/ },
     { name: 'channels fit the other layout', url: '/decode?shape=1,8,8,4', payload: Buffer.alloc(4 * 8 * 8 * 4), headers: raw, status: 400, code: 'CHANNEL_MISMATCH', message: /read as NCHW has 8 channels, read as NHWC 4: pass layout=nhwc/ },
+    { name: 'channels fit the other layout, but as sent they are 16-channel latents', url: '/decode?shape=1,16,12,4', payload: Buffer.alloc(4 * 16 * 12 * 4), headers: raw, status: 400, code: 'CHANNEL_MISMATCH', message: /read as NCHW has 16 channels, read as NHWC 4; not suggesting layout=nhwc: 16 channels is what other VAEs' latents have \(another model's latents\?\)$/ },
+    { name: 'channels fit the other layout, whose sides are too large', url: '/decode?shape=1,8,40,4', payload: Buffer.alloc(4 * 8 * 40 * 4), headers: raw, status: 400, code: 'CHANNEL_MISMATCH', message: /read as NCHW has 8 channels, read as NHWC 4$/ },
+    { name: 'channels-first latents sent as channels-last', url: '/decode?shape=1,4,24,24&layout=nhwc', payload: Buffer.alloc(4 * 4 * 24 * 24), headers: raw, status: 400, code: 'CHANNEL_MISMATCH', message: /read as NHWC has 24 channels, read as NCHW 4: pass layout=nchw$/ },
+    // Hints name only what works; options that contradict the shape are not ignored.
+    { name: 'npy dtype not supported', payload: npyWithHeader("{'descr': '<f8', 'fortran_order': False, 'shape': (1, 4, 16, 16), }", Buffer.alloc(8 * 1024)), headers: { 'content-type': 'application/x-npy' }, status: 400, code: 'BAD_NPY', message: /dtype <f8 is not supported: use little-endian float32 \(<f4\) or little-endian float16 \(<f2\)$/ },
+    { name: 'npy of bytes', payload: encodeNpy({ dtype: '|u1', shape: [1, 4, 16, 16], data: new Uint8Array(1024) }), headers: { 'content-type': 'application/x-npy' }, status: 400, code: 'BAD_NPY', message: /dtype \|u1 is not supported: use little-endian float32 \(<f4\) or little-endian float16 \(<f2\)$/ },
+    { name: 'height and width vs a 4-D shape', url: '/decode?shape=1,4,16,16&height=512&width=512', payload: good, headers: raw, status: 400, code: 'BAD_PARAMETER', message: /height=512 and width=512 contradict shape \[1, 4, 16, 16\]: its 16x16 latents decode to 128x128 pixels/ },
+    { name: 'width vs a channels-last shape', url: '/decode?shape=1,16,16,4&layout=nhwc&width=256', payload: good, headers: raw, status: 400, code: 'BAD_PARAMETER', message: /width=256 contradicts shape \[1, 16, 16, 4\]: its 16x16 latents decode to 128x128 pixels/ },
+    { name: 'height vs the inferred shape', url: '/decode?height=64', payload: good, headers: raw, status: 400, code: 'BAD_PARAMETER', message: /height=64 contradicts shape \[1, 4, 16, 16\]/ },
+    { name: 'height and width vs a 4-D shape, JSON', payload: JSON.stringify({ latents: good.toString('base64'), shape: [1, 4, 16, 16], height: 128, width: 96 }), headers: json, status: 400, code: 'BAD_PARAMETER', message: /height=128 and width=96 contradict shape \[1, 4, 16, 16\]/ },
     { name: 'channels fit neither layout', url: '/decode?shape=1,8,8,8&layout=nhwc', payload: Buffer.alloc(4 * 8 * 8 * 8), headers: raw, status: 400, code: 'CHANNEL_MISMATCH', message: /8 channels but model torch-export takes 4: shape \[1, 8, 8, 8\] read as NHWC has 8 channels, read as NCHW 8$/ },
   ];
   for (const c of cases) {

@@ -31,10 +31,10 @@ test('batching: 16 concurrent requests share runs and each gets its own image', 
   assert.ok(maxAbsDiff(res[0]!.rawPayload, f.rgb.subarray(0, RGB)) <= 1);
   assert.ok(maxAbsDiff(res[1]!.rawPayload, f.rgb.subarray(RGB)) <= 1);
   assert.ok(maxAbsDiff(res[2]!.rawPayload, res[0]!.rawPayload) > 1, 'distinct latents give distinct images');
-  const runs = s.batches.filter((b) => b.samples > 0);
-  t.diagnostic(`16 requests ran in ${runs.length} runs of ${runs.map((b) => b.samples).join(', ')} samples`);
+  const runs = s.batches.filter((b) => b.sampleCount > 0);
+  t.diagnostic(`16 requests ran in ${runs.length} runs of ${runs.map((b) => b.sampleCount).join(', ')} samples`);
   assert.ok(runs.length < 16, `the model ran ${runs.length} times`);
-  assert.equal(runs.reduce((a, b) => a + b.samples, 0), 16);
+  assert.equal(runs.reduce((a, b) => a + b.sampleCount, 0), 16);
 });
 
 test('batching: a request larger than MAX_BATCH_SIZE is split across runs and reassembled in order', async (t) => {
@@ -46,7 +46,7 @@ test('batching: a request larger than MAX_BATCH_SIZE is split across runs and re
   const res = await decode(s, all, `${n},4,16,16`);
   assert.equal(res.statusCode, 200, res.body);
   assert.equal(res.headers.shape, `[${n},128,128,3]`);
-  assert.deepEqual(s.batches.map((b) => b.samples), [4, 4, 2]);
+  assert.deepEqual(s.batches.map((b) => b.sampleCount), [4, 4, 2]);
   for (let k = 0; k < n; k++) {
     const one = await decode(s, all.slice(k * 1024, (k + 1) * 1024), '1,4,16,16');
     assert.ok(maxAbsDiff(res.rawPayload.subarray(k * RGB, (k + 1) * RGB), one.rawPayload) <= 1, `sample ${k} out of order`);

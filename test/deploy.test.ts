@@ -10,6 +10,7 @@ import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import ts from 'typescript';
 import { parseAllDocuments, parse as parseYaml } from 'yaml';
+import { loadConfig } from '../src/config.js';
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 /** The gauge the service exports and the HPA scales on. */
@@ -363,11 +364,17 @@ for (const overlay of OVERLAYS) {
     assert.ok(preStop, 'preStop hook missing');
     const preStopSeconds = preStop.sleep?.seconds ?? Number(preStop.exec?.command.join(' ').match(/sleep\s+(\d+)/)?.[1] ?? NaN);
     assert.ok(Number.isFinite(preStopSeconds) && preStopSeconds > 0, 'preStop must sleep');
+    // The drain after SIGTERM is bounded by DRAIN_TIMEOUT_MS (REQUEST_TIMEOUT_MS bounds one
+    // request, not the drain): the kubelet's SIGKILL must come after preStop + that bound.
+    const grace = (drainTimeoutMs: string | undefined): string | undefined => {
+      const drainSeconds = (drainTimeoutMs === undefined ? loadConfig({}).drainTimeoutMs : Number(drainTimeoutMs)) / 1000;
+      const seconds = d.spec.template.spec.terminationGracePeriodSeconds ?? 30;
+      return seconds > preStopSeconds + drainSeconds ? undefined
+        : `terminationGracePeriodSeconds ${seconds} must exceed preStop ${preStopSeconds}s + DRAIN_TIMEOUT_MS ${drainSeconds}s`;
+    };
     const { data } = configData(objects);
-    const drainSeconds = Number(data.REQUEST_TIMEOUT_MS ?? '30000') / 1000;
-    assert.ok(drainSeconds >= 30, 'REQUEST_TIMEOUT_MS');
-    const grace = d.spec.template.spec.terminationGracePeriodSeconds ?? 30;
-    assert.ok(grace > preStopSeconds + drainSeconds, `terminationGracePeriodSeconds ${grace} must exceed preStop ${preStopSeconds}s + drain ${drainSeconds}s`);
+    assert.equal(grace(data.DRAIN_TIMEOUT_MS), undefined, grace(data.DRAIN_TIMEOUT_MS));
+    assert.match(grace('3600000') ?? '', /must exceed preStop \d+s \+ DRAIN_TIMEOUT_MS 3600s/, 'a drain longer than the grace period is caught');
 
     // The HPA owns the replica count.
     assert.equal(d.spec.replicas, undefined, 'Deployment must not pin replicas (HPA-managed)');
@@ -583,6 +590,15 @@ for (const overlay of OVERLAYS) {
   });
 }
 
+for (const overlay of OVERLAYS) {
+  test(`overlay ${overlay}: ONNX Runtime telemetry is off in every container`, (t) => {
+    if (skipIfNoKubectl(t)) return;
+    for (const c of allContainers(only<Deployment>(render(overlay), 'Deployment'))) {
+      assert.equal(c.env?.find((e) => e.name === 'ORT_DISABLE_TELEMETRY')?.value, '1', `${c.name}: ORT_DISABLE_TELEMETRY`);
+    }
+  });
+}
+
 test('pull initContainer script passes the ConfigMap settings to `node dist/cli.js pull`', (t) => {
   if (skipIfNoKubectl(t)) return;
   const sh = spawnSync('sh', ['-c', 'exit 0']);
@@ -688,4 +704,28 @@ test('prometheus-adapter rule maps the queue gauge to the pods custom metric the
     const hpa = only<K8sObject & { spec: { metrics: { pods?: { metric: { name: string } } }[] } }>(render(overlay), 'HorizontalPodAutoscaler');
     assert.equal(hpa.spec.metrics[0]?.pods?.metric.name, QUEUE_GAUGE);
   }
+});
+
+test('compose example: stop_grace_period outlasts the drain; locked down like the Deployment; the server mounts the models read-only', () => {
+  interface Service { command?: string[]; environment?: Record<string, string>; volumes?: string[]; read_only?: boolean; tmpfs?: string[]; cap_drop?: string[]; stop_grace_period?: string; user?: string }
+  const compose = parseYaml(readFileSync(join(ROOT, 'deploy', 'compose.yaml'), 'utf8')) as { services: Record<string, Service> };
+  const server = compose.services['latent-decoder'];
+  const pull = compose.services['pull-model'];
+  assert.ok(server && pull);
+  const seconds = (d: string): number => {
+    const m = /^(?:(\d+)m)?(?:(\d+)s)?$/.exec(d);
+    assert.ok(m && d !== '', `stop_grace_period ${d}`);
+    return Number(m[1] ?? 0) * 60 + Number(m[2] ?? 0);
+  };
+  const drainMs = Number(server.environment?.DRAIN_TIMEOUT_MS ?? 30000);
+  assert.ok(seconds(server.stop_grace_period ?? '10s') > drainMs / 1000, `stop_grace_period ${server.stop_grace_period} must exceed DRAIN_TIMEOUT_MS ${drainMs} ms`);
+  for (const s of [server, pull]) {
+    assert.equal(s.read_only, true);
+    assert.deepEqual(s.tmpfs, ['/tmp']);
+    assert.deepEqual(s.cap_drop, ['ALL']);
+    assert.equal(s.user, undefined, "the image's uid 10001");
+  }
+  assert.ok(server.volumes?.includes('models:/models:ro'));
+  assert.ok(pull.volumes?.includes('models:/models'));
+  assert.match(pull.command?.join(' ') ?? '', /latent-decoder pull /);
 });

@@ -2,7 +2,9 @@
 // `docker build` itself is not run here (no Docker engine in CI / dev sandbox).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { existsSync, readFileSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { dirname, join, posix, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { DockerfileParser, JSONInstruction } from 'dockerfile-ast';
@@ -342,4 +344,94 @@ test('files COPYed from the build context exist and are not excluded by .dockeri
   const buildTsconfig = JSON.parse(readFileSync(join(ROOT, 'tsconfig.build.json'), 'utf8')) as { include?: string[] };
   assert.ok(buildTsconfig.include?.every((p) => p.startsWith('src/')), 'tsconfig.build.json must only include src/');
   assert.ok(buildTsconfig.include?.some((p) => p.endsWith('*.cts')), 'tsconfig.build.json must build src/*.cts');
+});
+
+// --- issue 18: telemetry, the CLI inside, lean node_modules, npm secrets, stop signal -----------
+
+/** ENV of a runtime target, its base stages' included (later wins). */
+function runtimeEnv(target: string): Map<string, string> {
+  const env = new Map<string, string>();
+  for (const s of [...lineage(stage(target))].reverse()) for (const [k, v] of envOf(s)) env.set(k, v);
+  return env;
+}
+
+test('no `# syntax=` parser directive: the built-in frontend supports the cache and secret mounts', () => {
+  assert.equal(dockerfile.getDirectives().length, 0, dockerfileText.split('\n')[0]);
+  assert.doesNotMatch(dockerfileText, /^#\s*syntax\s*=/im);
+});
+
+for (const target of RUNTIME_TARGETS) {
+  test(`${target} image: telemetry off, a writable HOME and HF_HOME, the CLI on PATH, SIGTERM, uid not --system`, () => {
+    const env = runtimeEnv(target);
+    assert.equal(env.get('ORT_DISABLE_TELEMETRY'), '1');
+    // the root file system may be read-only: HOME on /tmp (an emptyDir/tmpfs), the Hub cache on
+    // the models volume that `pull` writes to anyway
+    assert.equal(env.get('HOME'), '/tmp');
+    assert.ok((env.get('HF_HOME') ?? '').startsWith(`${env.get('MODELS_DIR')}/.`), `HF_HOME ${env.get('HF_HOME')} is a dot folder of MODELS_DIR`);
+    const chain = lineage(stage(target));
+    const all = chain.flatMap((s) => s.instructions);
+    const copies = all.filter((i): i is Copy => i.getKeyword() === 'COPY');
+    assert.ok(copies.some((c) => copySources(c).some((p) => /^\/app\/bin\/?$/.test(p))), 'bin/ is copied (the `latent-decoder` command)');
+    const runs = all.filter((i) => i.getKeyword() === 'RUN').map((i) => i.getArgumentsContent() ?? '').join('\n');
+    assert.match(runs, /ln -s \/app\/bin\/latent-decoder\.js \/usr\/local\/bin\/latent-decoder/);
+    assert.doesNotMatch(runs, /useradd[^\n]*--system/, 'a --system user must have a uid below 1000 (useradd warns)');
+    const stop = all.filter((i) => i.getKeyword() === 'STOPSIGNAL').at(-1);
+    assert.equal(stop?.getArgumentsContent(), 'SIGTERM', 'SIGTERM starts the drain');
+  });
+}
+
+test('every npm ci takes the optional npmrc and npm_ca build secrets and names them when it fails', () => {
+  const installs = stages.flatMap((s) => byKeyword(s, 'RUN')).filter((r) => /\bnpm ci\b/.test(r.getArgumentsContent() ?? ''));
+  assert.ok(installs.length >= 2, 'the build and gpu-deps stages install');
+  const lines = dockerfileText.split('\n');
+  for (const r of installs) {
+    const text = lines.slice(r.getRange().start.line, r.getRange().end.line + 1).join('\n'); // flags included
+    assert.match(text, /--mount=type=secret,id=npmrc,target=\/root\/\.npmrc/);
+    assert.match(text, /--mount=type=secret,id=npm_ca,target=(\S+)/);
+    const caPath = /--mount=type=secret,id=npm_ca,target=(\S+)/.exec(text)?.[1] ?? '';
+    assert.match(text, new RegExp(`NODE_EXTRA_CA_CERTS=${caPath.replace(/[.*+?^${}()|[\]\\/]/g, '\\$&')}`));
+    assert.match(text, /\|\|\s*\{\s*echo '[^']*--secret id=npmrc[^']*--secret id=npm_ca/);
+  }
+});
+
+test('node_modules of both images are pruned of other platforms after install; the GPU one keeps the CUDA provider', () => {
+  const runs = (name: string): string => lineage(stage(name)).flatMap((s) => byKeyword(s, 'RUN')).map((r) => r.getArgumentsContent() ?? '').join('\n');
+  assert.match(runs('build'), /npm prune --omit=dev[\s\S]*scripts\/prune-native\.sh/);
+  const gpu = runs('gpu-deps');
+  const prune = gpu.indexOf('scripts/prune-native.sh');
+  assert.ok(prune > gpu.indexOf('npm ci'), 'gpu-deps prunes after installing');
+  assert.ok(gpu.lastIndexOf('libonnxruntime_providers_cuda.so') > prune, 'and checks the CUDA provider is still there');
+});
+
+test('scripts/prune-native.sh keeps this platform (and a CUDA provider beside it), removes the rest, and what is left loads', { skip: process.platform !== 'linux' && 'the images are Linux' }, (t) => {
+  // A node_modules with the real packages (linked) plus stand-ins for other platforms' binaries.
+  const dir = mkdtempSync(join(tmpdir(), 'ld-prune-'));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const real = join(ROOT, 'node_modules');
+  const here = `${process.platform}/${process.arch}`;
+  const ort = join(dir, 'node_modules', 'onnxruntime-node');
+  mkdirSync(ort, { recursive: true });
+  for (const e of readdirSync(join(real, 'onnxruntime-node'))) if (e !== 'bin') symlinkSync(join(real, 'onnxruntime-node', e), join(ort, e));
+  const bin = join(ort, 'bin', 'napi-v6');
+  for (const other of ['darwin/arm64', 'win32/x64', 'linux/arm64', 'linux/x64', 'linux/arm64'].filter((p) => p !== here)) {
+    mkdirSync(join(bin, other), { recursive: true });
+    writeFileSync(join(bin, other, 'onnxruntime_binding.node'), '');
+  }
+  mkdirSync(join(bin, here), { recursive: true });
+  for (const f of readdirSync(join(real, 'onnxruntime-node', 'bin', 'napi-v6', here))) symlinkSync(join(real, 'onnxruntime-node', 'bin', 'napi-v6', here, f), join(bin, here, f));
+  writeFileSync(join(bin, here, 'libonnxruntime_providers_cuda.so'), '');
+  const img = join(dir, 'node_modules', '@img');
+  mkdirSync(img);
+  const mine = readdirSync(join(real, '@img')).filter((p) => p.startsWith('sharp-'));
+  for (const p of mine) symlinkSync(join(real, '@img', p), join(img, p));
+  for (const p of ['sharp-wasm32', 'sharp-darwin-arm64', 'sharp-libvips-linuxmusl-x64', 'sharp-win32-x64']) if (!mine.includes(p)) mkdirSync(join(img, p));
+  for (const p of ['sharp', 'onnxruntime-common', '@img/colour']) if (existsSync(join(real, p))) symlinkSync(join(real, p), join(dir, 'node_modules', p));
+
+  const res = spawnSync('sh', [join(ROOT, 'scripts', 'prune-native.sh')], { cwd: dir, encoding: 'utf8' });
+  assert.equal(res.status, 0, res.stderr);
+  const left = readdirSync(bin).flatMap((p) => readdirSync(join(bin, p)).map((a) => `${p}/${a}`));
+  assert.deepEqual(left, [here]);
+  assert.ok(existsSync(join(bin, here, 'libonnxruntime_providers_cuda.so')), 'the CUDA provider beside this platform is kept');
+  assert.deepEqual(readdirSync(img).filter((p) => p.startsWith('sharp-')).sort(), mine.sort(), "only this platform's sharp packages are left");
+  assert.match(res.stdout, /prune-native: kept onnxruntime-node/);
 });

@@ -13,8 +13,8 @@ interface Answer {
 
 const DECLARED = 60_000_000;
 
-/** Sends the head and the first KB of a body declared 60 MB long; resolves with the answer. */
-function refusedEarly(port: number, url: string, headers: Record<string, string> = {}): Promise<Answer> {
+/** Sends the head and the first KB of a body declared `declared` bytes long (60 MB); resolves with the answer. */
+function refusedEarly(port: number, url: string, headers: Record<string, string> = {}, declared = DECLARED): Promise<Answer> {
   return new Promise((resolve, reject) => {
     const sock = net.connect(port, '127.0.0.1');
     let data = Buffer.alloc(0);
@@ -45,8 +45,9 @@ function refusedEarly(port: number, url: string, headers: Record<string, string>
         reject(new Error(`the connection failed before an answer to ${url}`));
       }
     });
-    const head = [`POST ${url} HTTP/1.1`, 'Host: localhost', 'Content-Type: application/octet-stream', `Content-Length: ${DECLARED}`,
-      ...Object.entries(headers).map(([k, v]) => `${k}: ${v}`), '', ''].join('\r\n');
+    const type = headers['content-type'] ?? 'application/octet-stream';
+    const head = [`POST ${url} HTTP/1.1`, 'Host: localhost', `Content-Type: ${type}`, `Content-Length: ${declared}`,
+      ...Object.entries(headers).filter(([k]) => k !== 'content-type').map(([k, v]) => `${k}: ${v}`), '', ''].join('\r\n');
     sock.write(head);
     sock.write(Buffer.alloc(1024));
   });
@@ -63,9 +64,11 @@ test('early reject: refusals answer before the body is read, and the connection 
     ['/decode?shape=1,4,16,16', {}, 400, 'SIZE_MISMATCH', /needs 4096 bytes, got 60000000/],
     ['/decode?shape=1,16,16,16', {}, 400, 'CHANNEL_MISMATCH', /16 channels but model torch-export takes 4/],
     ['/decode?shape=1e3,4,16,16', {}, 400, 'BAD_SHAPE', /"1e3"/],
-    ['/decode?shape=3,4,16,16', {}, 413, 'BATCH_TOO_LARGE', /3 samples is more than the queue holds \(2\)/],
+    ['/decode?shape=3,4,64,64', {}, 400, 'SIZE_MISMATCH', /needs 196608 bytes, got 60000000/],
     ['/decode?shape=1,4,16,16', { 'x-request-timeout-ms': '0x10' }, 400, 'BAD_PARAMETER', /X-Request-Timeout-Ms/],
   ];
+  // Queue room is checked last, once the request is known to be valid.
+  cases.push(['/decode?shape=3,4,64,64', { 'content-type': 'application/x-npy' }, 413, 'BATCH_TOO_LARGE', /3 samples is more than the queue holds \(2\)/]);
   for (const [url, headers, status, code, message] of cases) {
     const a = await refusedEarly(port, url, headers);
     assert.equal(a.status, status, `${url}: ${JSON.stringify(a.body)}`);
@@ -85,12 +88,13 @@ test('early reject: refusals answer before the body is read, and the connection 
   const tensor = { data: new Float32Array(2 * 4 * 8 * 8), shape: [2, 4, 8, 8] as [number, number, number, number] };
   const queued = model.batcher.submit('8x8', { tensor, fetch: ['image'] }, 2, { signal: waiting.signal }).catch((e: Error) => e);
   assert.equal(model.batcher.waitingSamples, 2);
-  const full = await refusedEarly(port, '/decode?shape=1,4,16,16');
+  const full = await refusedEarly(port, '/decode?shape=1,4,16,16', {}, 4096);
   assert.equal(full.status, 429, JSON.stringify(full.body));
   assert.equal(full.body.error.code, 'QUEUE_FULL');
   assert.match(full.headers['retry-after'] ?? '', /^\d+$/);
-  // Without a shape in the query, the request still brings at least one sample.
-  assert.equal((await refusedEarly(port, '/decode')).status, 429);
+  // Without a shape in the query (a .npy says it inside), the request still brings at least one sample.
+  assert.equal((await refusedEarly(port, '/decode', { 'content-type': 'application/x-npy' })).status, 429);
+  assert.equal(model.batcher.reservedSamples, 0, 'refusals hold nothing');
   waiting.abort(new Error('test over'));
   assert.equal(((await queued) as Error).message, 'test over');
 

@@ -142,7 +142,7 @@ test('bad input: not an image nor a tensor, corrupt, too many pixels, too small,
   const x = new Float32Array(3 * 8 * 8).fill(0.5);
   x[2 * 64 + 9] = 2;
   r = await post('/encode?shape=1,3,8,8', bytesOf(x));
-  assert.deepEqual([r.status, r.code], [400, 'OUT_OF_RANGE']);
+  assert.deepEqual([r.status, r.code], [400, 'IMAGE_OUT_OF_RANGE']);
   assert.match(r.message, /holds 2 at \[0, 2, 1, 1\]/);
   x[2 * 64 + 9] = NaN;
   r = await post('/encode?shape=1,3,8,8', bytesOf(x));
@@ -203,17 +203,16 @@ test('refusals before the body: a byte count that does not fit the shape, a mode
   assert.deepEqual([res.statusCode, res.json().error.code, res.headers.connection], [400, 'SIZE_MISMATCH', 'close']);
   const none = await app.inject({ method: 'POST', url: '/encode?model=nope', payload: big });
   assert.match(none.json().error.message, /no model named "nope"; models that encode: sd, taesd/);
-  // one run in the encoder's worker (a 256² image), then a full queue behind it: /encode is refused with the measured Retry-After
+  // the whole queue reserved by another request: /encode is refused before its body, with Retry-After
   const enc = registry.encoders.get('sd')!;
-  const running = enc.encode(new Float32Array(3 * 256 * 256), [1, 3, 256, 256], {});
-  while (enc.batcher.runningBatches !== 1) await new Promise((r) => setTimeout(r, 2));
-  const stop = new AbortController();
-  const tiny = new Float32Array(3 * 8 * 8);
-  const held = Array.from({ length: 64 }, () => enc.encode(tiny, [1, 3, 8, 8], { signal: stop.signal }).catch(() => undefined));
-  const full = await app.inject({ method: 'POST', url: '/encode?model=sd', payload: await png('64x64') });
-  stop.abort();
-  assert.equal(full.statusCode, 429, full.body);
-  assert.equal(full.json().error.code, 'QUEUE_FULL');
-  assert.match(String(full.headers['retry-after']), /^[1-9]\d*$/);
-  await Promise.all([running, ...held]);
+  const other = enc.batcher.reserve([{ sampleCount: 64 }]);
+  try {
+    const full = await app.inject({ method: 'POST', url: '/encode?model=sd', payload: await png('64x64') });
+    assert.equal(full.statusCode, 429, full.body);
+    assert.equal(full.json().error.code, 'QUEUE_FULL');
+    assert.match(String(full.headers['retry-after']), /^[1-9]\d*$/);
+  } finally {
+    other.release();
+  }
+  assert.equal((await app.inject({ method: 'POST', url: '/encode?model=sd', payload: await png('64x64') })).statusCode, 200, 'served again once released');
 });

@@ -128,3 +128,24 @@ test('packed: a FLUX-packed request answers byte for byte what the unpacked one 
   assert.equal(bad.statusCode, 400);
   assert.deepEqual(bad.json(), { error: { code: 'BAD_SHAPE', message: 'packed latents [2, 64, 64] with height 128 and width 96: (128/16)·(96/16) = 8·6 = 48 patches, but dimension 1 is 64' } });
 });
+
+test('hints: a suggested layout decodes what was meant; height and width that agree with a 4-D shape are accepted', async (t) => {
+  const { app } = await startService(t);
+  const f = await loadFixture();
+  // An 8x8 crop of a fixture sample, channels last: [1, 8, 8, 4] reads as 8-channel NCHW.
+  const crop = new Float32Array(4 * 8 * 8).map((_, i) => f.latents[Math.floor(i / 64) * 256 + Math.floor((i % 64) / 8) * 16 + (i % 8)]!);
+  const nhwc = toNhwc(crop, [1, 4, 8, 8]);
+  const hinted = await app.inject({ method: 'POST', url: '/decode?shape=1,8,8,4&output_type=pt', headers: raw, payload: bytesOf(nhwc) });
+  assert.equal(hinted.statusCode, 400);
+  const hint = /pass (layout=nhwc)$/.exec(hinted.json().error.message as string)?.[1];
+  assert.equal(hint, 'layout=nhwc', hinted.body);
+  const followed = await app.inject({ method: 'POST', url: `/decode?shape=1,8,8,4&output_type=pt&${hint}`, headers: raw, payload: bytesOf(nhwc) });
+  const nchw = await app.inject({ method: 'POST', url: '/decode?shape=1,4,8,8&output_type=pt', headers: raw, payload: bytesOf(crop) });
+  assert.equal(followed.statusCode, 200, followed.body);
+  assert.ok(followed.rawPayload.equals(nchw.rawPayload), 'following the hint decodes the latents as meant');
+  for (const q of ['height=64&width=64', 'height=64', 'width=64']) {
+    const res = await app.inject({ method: 'POST', url: `/decode?shape=1,4,8,8&output_type=pt&${q}`, headers: raw, payload: bytesOf(crop) });
+    assert.equal(res.statusCode, 200, `${q}: ${res.body}`);
+    assert.ok(res.rawPayload.equals(nchw.rawPayload), q);
+  }
+});

@@ -109,3 +109,19 @@ test('CLI: `models` lists the preview, the MODEL_PATH model and the repository, 
   assert.equal(missing.status, 1);
   assert.match(missing.stderr, /models folder .*nope does not exist/);
 });
+
+test('models: /v1/models says ready: false for a model whose worker is restarting, as /readyz says 503', async (t) => {
+  const { app, registry } = await startService(t);
+  const model = registry.get(undefined)!;
+  const ready = async (): Promise<boolean | undefined> =>
+    ((await app.inject('/v1/models')).json() as { models: { name: string; ready: boolean }[] }).models.find((m) => m.name === model.name)?.ready;
+  assert.equal(await ready(), true);
+  assert.equal((await app.inject('/readyz')).statusCode, 200);
+  await (model.runners[0] as unknown as { worker: { terminate(): Promise<number> } }).worker.terminate();
+  assert.equal(model.healthy, false);
+  assert.equal((await app.inject('/readyz')).statusCode, 503);
+  assert.equal(await ready(), false, 'the same rule as /readyz');
+  const end = Date.now() + 10_000;
+  while (!model.healthy && Date.now() < end) await new Promise((r) => setTimeout(r, 10));
+  assert.equal(await ready(), true, 'ready again once the worker has restarted');
+});

@@ -8,6 +8,7 @@ import type { RouteOptions } from 'fastify';
 import pino from 'pino';
 import { buildApp } from '../src/app.js';
 import { loadConfig } from '../src/config.js';
+import { ErrorCodes } from '../src/errors.js';
 import { OPENAPI_FILE } from '../scripts/write-openapi.js';
 import { startService } from './helpers/service.js';
 
@@ -54,6 +55,22 @@ test('openapi: every route of the app is documented, /docs serves Swagger UI', a
   assert.equal(res.statusCode, 200);
   assert.match(res.headers['content-type'] as string, /^text\/html/);
   assert.match(res.body, /swagger-ui/i);
+});
+
+test('openapi: /decode documents every code of the error table under its status, and so does the README', () => {
+  const responses = ((committed().paths as Record<string, Record<string, { responses: Record<string, { description: string }> }>>)['/decode']!.post!).responses;
+  const readme = readFileSync(new URL('../README.md', import.meta.url), 'utf8');
+  for (const [code, status] of Object.entries(ErrorCodes)) {
+    const documented = responses[String(status)]?.description ?? '';
+    assert.match(documented, new RegExp(`\\b${code}\\b`), `${code} (${status}) is not among the documented answers of /decode: run \`npm run openapi\``);
+    const row = readme.split('\n').find((l) => l.startsWith(`| ${status} |`)) ?? '';
+    assert.match(row, new RegExp(`\`${code}\``), `the README's error table has no ${code} in its ${status} row`);
+  }
+  for (const status of Object.keys(responses).filter((s) => s !== '200')) {
+    assert.ok(Object.values(ErrorCodes).includes(Number(status) as never), `/decode documents ${status}, which no code has`);
+  }
+  const timing = ((committed().paths as Record<string, Record<string, { responses: Record<string, { headers: Record<string, { description: string }> }> }>>)['/decode']!.post!).responses['200']!.headers['server-timing']!;
+  assert.match(timing.description, /images and tensors/);
 });
 
 test('openapi: /decode documents its query but does not validate it (the service answers with its own codes)', async (t) => {

@@ -30,3 +30,40 @@ test('runner: after maxRestarts failed restarts it gives up, calls onFatal once,
   assert.match(fatal[0]!.message, /did not restart after 3 attempts/);
   assert.deepEqual(warned.map((w) => (w as { delayMs: number }).delayMs), [10, 20, 40], 'backoff doubles');
 });
+
+/** The runner's current worker, as the test kills it (and its thread id: -1 once it has exited). */
+const workerOf = (r: InferenceRunner): { threadId: number; terminate(): Promise<number> } => (r as unknown as { worker: { threadId: number; terminate(): Promise<number> } }).worker;
+
+test('runner: close during the restart backoff cancels the restart: no new worker is started, close resolves at once', async (t) => {
+  const file = path.join(tempDir(t), 'model.onnx');
+  copyFileSync(FIXTURE_MODEL, file);
+  const warmups: unknown[] = [];
+  const log = { ...quiet, info: (_o: object, msg: string) => { if (msg === 'warm-up') warmups.push(msg); } };
+  const r = await InferenceRunner.start({ modelPath: file, providers: ['cpu'], intraOpThreads: 1, cpuMemArena: false, maxBatchSize: 1 }, log, { restartDelayMs: 300 });
+  assert.equal(warmups.length, 1);
+  const first = workerOf(r);
+  await first.terminate();
+  const t0 = performance.now();
+  await r.close();
+  assert.ok(performance.now() - t0 < 250, `close waited ${Math.round(performance.now() - t0)} ms: it did not cancel the backoff`);
+  await new Promise((resolve) => setTimeout(resolve, 1500)); // past the backoff and a model load
+  assert.equal(workerOf(r), first, 'no worker was spawned after close');
+  assert.equal(warmups.length, 1, 'no worker warmed up after close');
+  await assert.rejects(r.run(new Float32Array(4 * 8 * 8), [1, 4, 8, 8], ['image']), /closed/);
+});
+
+test('runner: close while a restarted worker is loading waits for it to be ready and exit', async (t) => {
+  const file = path.join(tempDir(t), 'model.onnx');
+  copyFileSync(FIXTURE_MODEL, file);
+  const r = await InferenceRunner.start({ modelPath: file, providers: ['cpu'], intraOpThreads: 1, cpuMemArena: false, maxBatchSize: 1 }, quiet, { restartDelayMs: 1 });
+  const first = workerOf(r);
+  await first.terminate();
+  const end = Date.now() + 5000;
+  while (workerOf(r) === first && Date.now() < end) await new Promise((resolve) => setTimeout(resolve, 1));
+  const starting = workerOf(r);
+  assert.notEqual(starting, first, 'a new worker is starting');
+  assert.notEqual(starting.threadId, -1);
+  await r.close();
+  assert.equal(starting.threadId, -1, 'close resolved only once the starting worker had exited');
+  assert.equal(r.healthy, false);
+});

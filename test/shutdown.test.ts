@@ -13,13 +13,13 @@ function start(t: Parameters<typeof startProcess>[0], env: Record<string, string
   return startProcess(t, SERVER, { MODEL_PATH: FIXTURE_MODEL, MODELS_DIR: tempDir(t), EXECUTION_PROVIDERS: 'cpu', ...env }, { cwd: REPO });
 }
 
-/** A client that declares a large body, sends a little of it and then stalls. */
-function stalledUpload(svc: ServiceProcess, declared: number): Promise<{ socket: net.Socket; closed: Promise<{ ms: number; reply: string }> }> {
+/** A client that declares a large body, sends `sent` bytes of it and then stalls. */
+function stalledUpload(svc: ServiceProcess, declared: number, sent = 1024): Promise<{ socket: net.Socket; closed: Promise<{ ms: number; reply: string }> }> {
   const { port } = new URL(svc.url);
   return new Promise((resolve) => {
     const socket = net.connect(Number(port), '127.0.0.1', () => {
       socket.write(`POST /decode?shape=1,4,64,64 HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\nContent-Length: ${declared}\r\n\r\n`);
-      socket.write(Buffer.alloc(1024));
+      socket.write(Buffer.alloc(sent));
       const t0 = Date.now();
       let reply = '';
       socket.on('data', (d) => (reply += d.toString()));
@@ -65,15 +65,15 @@ test('shutdown: a stalled upload is closed at BODY_TIMEOUT_MS with 408, and SIGT
   assert.match(svc.output(), /"uploadsClosed":1/);
 });
 
-test('shutdown: uploads in flight are capped by MAX_INFLIGHT_BODY_BYTES (429); an aborted upload is logged as such', async (t) => {
+test('shutdown: uploads in flight are capped by MAX_INFLIGHT_BODY_BYTES (429) on the bytes they hold; an aborted upload is logged as such', async (t) => {
   const svc = await start(t, { MAX_INFLIGHT_BODY_BYTES: '100000' });
-  const a = await stalledUpload(svc, 65_536);
+  const a = await stalledUpload(svc, 65_536, 60_000);
   await new Promise((r) => setTimeout(r, 100));
   const res = await fetch(`${svc.url}/decode?shape=1,4,64,64`, { method: 'POST', body: latent(64) });
   assert.equal(res.status, 429);
   const err = ((await res.json()) as { error: { code: string; message: string } }).error;
   assert.equal(err.code, 'QUEUE_FULL');
-  assert.match(err.message, /uploads in progress hold 65536 bytes .* limit of 100000 \(MAX_INFLIGHT_BODY_BYTES\)/);
+  assert.match(err.message, /uploads in progress hold 60000 bytes and this one declares 65536: over the limit of 100000 \(MAX_INFLIGHT_BODY_BYTES\)/);
   a.socket.destroy();
   await a.closed;
   await new Promise((r) => setTimeout(r, 200));

@@ -241,9 +241,9 @@ test('tiling HTTP: tiles split across runs and share a run with another request 
   assert.ok(maxAbsDiff(a.rawPayload, ref.rgb) <= 1, 'tiles from several runs assemble into the reference');
   assert.equal(b.statusCode, 200, b.body);
   assert.ok(maxAbsDiff(b.rawPayload, f.rgb.subarray(128 * 128 * 3)) <= 1, 'the other request gets its own image');
-  const runs = (key: string): number[] => s.batches.filter((x) => x.key === key).map((x) => x.samples);
-  t.diagnostic(`runs: ${s.batches.map((x) => `${x.key}:${x.samples}`).join(', ')}`);
-  assert.ok(s.batches.every((x) => x.samples <= 4), 'no run over MAX_BATCH_SIZE');
+  const runs = (key: string): number[] => s.batches.filter((x) => x.key === key).map((x) => x.sampleCount);
+  t.diagnostic(`runs: ${s.batches.map((x) => `${x.key}:${x.sampleCount}`).join(', ')}`);
+  assert.ok(s.batches.every((x) => x.sampleCount <= 4), 'no run over MAX_BATCH_SIZE');
   assert.deepEqual([runs('16x4'), runs('4x16'), runs('4x4')], [[3], [3], [1]], 'each edge shape in one run');
   // 9 full tiles + 1 other sample in 3 runs of at most 4: one run held both requests.
   assert.equal(runs('16x16').reduce((x, y) => x + y, 0), 10);
@@ -274,8 +274,21 @@ test('tiling HTTP: one tile failing fails the request and drops its other tiles'
   assert.equal((res.json() as { error: { code: string } }).error.code, 'INFERENCE_FAILED');
   await s.registry.idle();
   assert.equal(s.registry.get(undefined)!.batcher.waitingSamples, 0);
+  assert.equal(s.registry.get(undefined)!.batcher.reservedSamples, 0, 'the failed request gave back the tiles it never queued');
   const planned = planTiles(32, 40, 16, 0.25);
   const tiles = planned.rows.length * planned.cols.length;
   assert.ok(s.batches.length < tiles, `${s.batches.length} of ${tiles} tiles ran`);
   assert.ok(s.batches.some((b) => !b.ok));
+});
+
+test('tiling HTTP: a tile whose output is not finite is named as a tile, not a sample', async (t) => {
+  const s = await startService(t, { TILE_LATENT_SIDE: '16', MAX_QUEUE_DELAY_MS: '0' });
+  const huge = new Float32Array(4 * 40 * 40).fill(1e38);
+  const res = await s.app.inject({ method: 'POST', url: `/decode?shape=1,4,40,40&${Q}`, payload: bytesOf(huge) });
+  assert.equal(res.statusCode, 422, res.body);
+  const err = (res.json() as { error: { code: string; message: string } }).error;
+  assert.equal(err.code, 'NON_FINITE_OUTPUT');
+  assert.match(err.message, /NaN or infinite values for tile \d+,\d+ \(latent rows \d+–\d+, columns \d+–\d+\) of sample 0 of 1/);
+  await s.registry.idle();
+  assert.equal(s.registry.get(undefined)!.batcher.reservedSamples, 0);
 });

@@ -3,86 +3,38 @@
 // maxQueueDelayMs, or — with the default delay 0 — as soon as a runner is free: a request reaching
 // an idle model runs at once, and what arrives during a run is taken whole by the next batch. It
 // counts samples, splits a request across runs when it does not fit, and settles every request
-// exactly once. Pure: it knows neither HTTP nor ONNX Runtime; the runner it is given does the work.
+// exactly once. It owns admission (admission.ts: what may queue, Retry-After) and the run-time
+// estimate (estimate.ts). Pure: it knows neither HTTP nor ONNX Runtime; the runner it is given
+// does the work.
+import { QueueRoom, Ticket, type Demand, type ReserveWording, type SubmitOptions, type TicketHost } from './admission.js';
+import { describeCount, describeEstimate, RunEstimates } from './estimate.js';
+
+import { CancelledError, DeadlineError, type Batch, type BatchInfo, type JobResult, type Part, type RunFn } from './types.js';
+
+export { BatchTooLargeError, QueueFullError, Ticket, type Demand, type ReserveWording, type SubmitOptions } from './admission.js';
+export * from './types.js';
 
 export interface BatcherOptions {
   maxBatchSize: number;
   /** Cost a batch may hold (its samples × their cost); a sample over it still runs alone. */
   maxBatchCost?: number;
   maxQueueDelayMs: number;
-  /** Samples allowed to wait (not counting those running). */
+  /** Samples allowed to wait or be reserved (not counting those running). */
   maxQueueSize: number;
   /** Batches allowed in the runner at once (one per model instance). */
   concurrency?: number;
+  /** Half-life of a run-time measurement's weight (estimate.ts), ms. Default 60 000. */
+  estimateHalfLifeMs?: number;
   now?: () => number;
   onBatch?: (info: BatchInfo) => void;
 }
 
-export interface BatchInfo {
-  key: string;
-  /** The slot (model instance) that ran it. */
-  slot: number;
-  samples: number;
-  requests: number;
-  runMs: number;
-  ok: boolean;
-}
-
-export interface Slice<P> {
-  payload: P;
-  /** First sample of the request in this slice. */
-  start: number;
-  count: number;
-}
-
-export interface Batch<P> {
-  key: string;
-  slices: Slice<P>[];
-  samples: number;
-  /** Which of the `concurrency` slots runs it (a model instance), 0-based. */
-  slot: number;
-}
-
-export type RunFn<P, R> = (batch: Batch<P>) => Promise<R>;
-
-export interface Part<R> {
-  result: R;
-  /** Where this request's samples start in the batch result. */
-  batchOffset: number;
-  /** Which of the request's samples they are. */
-  start: number;
-  count: number;
-}
-
-export interface JobResult<R> {
-  /** In request order, covering all its samples. */
-  parts: Part<R>[];
-  queueMs: number;
-  runMs: number;
-}
-
-export class QueueFullError extends Error {
-  override name = 'QueueFullError';
-  constructor(readonly waitingSamples: number, readonly retryAfterSeconds: number) {
-    super(`the queue holds ${waitingSamples} samples waiting, its limit; retry in about ${retryAfterSeconds} s`);
-  }
-}
-
-export class BatchTooLargeError extends Error {
-  override name = 'BatchTooLargeError';
-}
-
-export class DeadlineError extends Error {
-  override name = 'DeadlineError';
-}
-
-export class CancelledError extends Error {
-  override name = 'CancelledError';
-}
+/** A reservation on a Batcher<P, R>. */
+export type BatchTicket<P, R> = Ticket<P, JobResult<R>>;
 
 interface Job<P, R> {
   payload: P;
-  samples: number;
+  sampleCount: number;
   unitCost: number;
   next: number; // first sample not yet handed to a run
   done: number; // samples with results
@@ -100,25 +52,20 @@ interface Job<P, R> {
 interface Queue<P, R> {
   key: string;
   jobs: Job<P, R>[];
-  samples: number;
+  sampleCount: number;
   /** Cost of one sample under this key (all of a key's samples have the same shape). */
   unitCost: number;
 }
 
-const EWMA = 0.3;
-
 export class Batcher<P, R> {
   private readonly queues = new Map<string, Queue<P, R>>();
-  private readonly runMs = new Map<string, number>();
+  private readonly estimates: RunEstimates;
   private readonly now: () => number;
   private readonly concurrency: number;
   private running = 0;
   /** Free slots (model instances), lowest first. */
   private readonly freeSlots: number[];
-  private waiting = 0;
-  private waitingCost = 0;
-  /** Measured drain rate, cost per ms, over all keys. */
-  private costPerMs = 0;
+  private readonly room: QueueRoom;
   private timer: NodeJS.Timeout | undefined;
   private timerAt = Infinity;
   private pumpScheduled = false;
@@ -126,15 +73,31 @@ export class Batcher<P, R> {
   private idleWaiters: (() => void)[] = [];
   /** Requests not yet settled, queued or running. */
   private readonly unsettled = new Set<Job<P, R>>();
+  private readonly host: TicketHost<P, JobResult<R>>;
 
   constructor(private readonly run: RunFn<P, R>, private readonly opts: BatcherOptions) {
     this.now = opts.now ?? (() => performance.now());
     this.concurrency = opts.concurrency ?? 1;
     this.freeSlots = Array.from({ length: this.concurrency }, (_, i) => i);
+    const estimates = new RunEstimates({ now: this.now, halfLifeMs: opts.estimateHalfLifeMs, concurrency: this.concurrency });
+    this.estimates = estimates;
+    const room = new QueueRoom(opts.maxQueueSize, (cost) => estimates.secondsFor(cost));
+    this.room = room;
+    this.host = {
+      hold: (...args) => room.hold(...args),
+      unhold: (n, cost) => room.unhold(n, cost),
+      enqueue: (key, payload, n, cost, o) => this.enqueue(key, payload, n, cost, o),
+    };
   }
 
+  /** Samples queued and not yet running. */
   get waitingSamples(): number {
-    return this.waiting;
+    return this.room.waiting;
+  }
+
+  /** Samples reserved by tickets and not yet submitted. */
+  get reservedSamples(): number {
+    return this.room.reserved;
   }
 
   get runningBatches(): number {
@@ -142,24 +105,43 @@ export class Batcher<P, R> {
   }
 
   /**
-   * Queues `samples` samples under `key`. Rejects with QueueFullError (over the queue limit),
-   * BatchTooLargeError (could never fit), DeadlineError (deadline passed or cannot be met),
-   * the signal's reason (aborted), or the runner's error. `cost` is one sample's cost (its latent
-   * area), the same for every request under a key.
+   * Reserves room for everything a request will queue: one demand per batcher key (a tiled
+   * request's tile shapes, a multi-step job's steps). Reserved samples count against maxQueueSize
+   * like waiting ones until submitted (then they wait) or released.
+   * @throws BatchTooLargeError when the demands exceed maxQueueSize (they could never be queued)
+   * @throws QueueFullError when they do not fit now, with the Retry-After seconds
+   * @example const t = batcher.reserve([{ key: '64x64', sampleCount: 2, cost: 4096 }]);
+   *   try { await t.submit('64x64', payload, 2, { deadline }); } finally { t.release(); }
    */
-  submit(key: string, payload: P, samples: number, opts: { deadline?: number; signal?: AbortSignal; cost?: number } = {}): Promise<JobResult<R>> {
-    if (samples > this.opts.maxQueueSize) {
-      return Promise.reject(new BatchTooLargeError(`${samples} samples is more than the queue holds (${this.opts.maxQueueSize}); split the request`));
+  reserve(demands: Demand | readonly Demand[], wording: ReserveWording = {}): BatchTicket<P, R> {
+    return new Ticket(this.host, Array.isArray(demands) ? demands : [demands as Demand], wording);
+  }
+
+  /**
+   * Reserves and queues `sampleCount` samples under `key` in one step (reserve, submit, release).
+   * Rejects with QueueFullError (over the queue limit), BatchTooLargeError (could never fit),
+   * DeadlineError (deadline passed or cannot be met), the signal's reason (aborted), or the
+   * runner's error. `cost` is one sample's cost (its latent area), the same under a key.
+   */
+  submit(key: string, payload: P, sampleCount: number, opts: SubmitOptions & { cost?: number } = {}): Promise<JobResult<R>> {
+    let ticket: BatchTicket<P, R>;
+    try {
+      ticket = this.reserve({ key, sampleCount, cost: opts.cost });
+    } catch (e) {
+      return Promise.reject(e);
     }
-    if (this.waiting + samples > this.opts.maxQueueSize) {
-      return Promise.reject(new QueueFullError(this.waiting, this.retryAfter()));
+    try {
+      return ticket.submit(key, payload, sampleCount, opts);
+    } finally {
+      ticket.release();
     }
-    const unitCost = opts.cost ?? 1;
+  }
+
+  private enqueue(key: string, payload: P, sampleCount: number, unitCost: number, opts: SubmitOptions): Promise<JobResult<R>> {
     const { signal } = opts;
-    if (signal?.aborted) return Promise.reject(signal.reason ?? new CancelledError('cancelled'));
     return new Promise<JobResult<R>>((resolve, reject) => {
       const job: Job<P, R> = {
-        payload, samples, unitCost, next: 0, done: 0, enqueuedAt: this.now(), runMs: 0,
+        payload, sampleCount, unitCost, next: 0, done: 0, enqueuedAt: this.now(), runMs: 0,
         deadline: opts.deadline ?? Infinity, parts: [], settled: false, resolve, reject, cleanup: () => {},
       };
       if (signal) {
@@ -170,13 +152,12 @@ export class Batcher<P, R> {
       this.unsettled.add(job);
       let q = this.queues.get(key);
       if (!q) {
-        q = { key, jobs: [], samples: 0, unitCost };
+        q = { key, jobs: [], sampleCount: 0, unitCost };
         this.queues.set(key, q);
       }
       q.jobs.push(job);
-      q.samples += samples;
-      this.waiting += samples;
-      this.waitingCost += samples * unitCost;
+      q.sampleCount += sampleCount;
+      this.room.wait(sampleCount, unitCost);
       this.schedulePump();
     });
   }
@@ -205,18 +186,17 @@ export class Batcher<P, R> {
 
   /** Resolves once nothing waits and nothing runs. */
   idle(): Promise<void> {
-    if (this.waiting === 0 && this.running === 0) return Promise.resolve();
+    if (this.room.waiting === 0 && this.running === 0) return Promise.resolve();
     return new Promise((resolve) => this.idleWaiters.push(resolve));
   }
 
   /**
-   * Seconds until a request sent now would start: the time to run what waits ahead of it, from the
-   * measured drain rate in cost (latent area) per ms, so large latents count for what they cost.
-   * Before any run has been measured, the request timeout's worth is not known: 1 s.
+   * Seconds until a request sent now would start: the time to run what waits or is reserved ahead
+   * of it, at the measured rate in cost (latent area) per ms, so large latents count for what they
+   * cost. Before any run has been measured: 1 s.
    */
   retryAfter(): number {
-    if (this.costPerMs <= 0) return 1;
-    return Math.max(1, Math.ceil(this.waitingCost / this.costPerMs / 1000));
+    return this.room.retryAfter();
   }
 
   private pump(): void {
@@ -226,7 +206,7 @@ export class Batcher<P, R> {
       this.forming = true;
       const { batch, owners } = this.form(q, this.freeSlots[0]!);
       this.forming = false;
-      if (batch.samples > 0) this.start(batch, owners);
+      if (batch.sampleCount > 0) this.start(batch, owners);
     }
     this.checkIdle();
   }
@@ -245,7 +225,7 @@ export class Batcher<P, R> {
     for (const q of this.queues.values()) {
       const head = q.jobs[0];
       if (!head) continue;
-      const readyAt = q.samples >= this.capacity(q) ? -Infinity : head.enqueuedAt + this.opts.maxQueueDelayMs;
+      const readyAt = q.sampleCount >= this.capacity(q) ? -Infinity : head.enqueuedAt + this.opts.maxQueueDelayMs;
       if (readyAt <= t) {
         if (!best || head.enqueuedAt < best.jobs[0]!.enqueuedAt) best = q;
       } else {
@@ -267,32 +247,44 @@ export class Batcher<P, R> {
     }, Math.max(0, at - this.now()));
   }
 
-  /** Takes up to capacity(q) samples from the queue's head; owners[i] is slices[i]'s request. */
+  /**
+   * Takes up to capacity(q) samples from the queue's head; owners[i] is slices[i]'s request. The
+   * batch starts now on a free instance, so the run-time estimate judges only that run: a request
+   * whose own run (its samples alone, at most a batch) cannot end before its deadline is dropped;
+   * one that would make the batch too slow for a request already in it waits for the next run.
+   */
   private form(q: Queue<P, R>, slot: number): { batch: Batch<P>; owners: Job<P, R>[] } {
-    const batch: Batch<P> = { key: q.key, slices: [], samples: 0, slot };
+    const batch: Batch<P> = { key: q.key, slices: [], sampleCount: 0, slot };
     const owners: Job<P, R>[] = [];
     const t = this.now();
-    const expected = this.runMs.get(q.key) ?? 0;
     const capacity = this.capacity(q);
-    while (batch.samples < capacity && q.jobs.length > 0) {
+    let batchDeadline = Infinity;
+    while (batch.sampleCount < capacity && q.jobs.length > 0) {
       const job = q.jobs[0]!;
-      if (job.deadline < t + expected) {
+      const left = job.sampleCount - job.next;
+      const alone = this.estimates.runMs(q.key, Math.min(left, capacity));
+      if (t >= job.deadline || (alone && t + alone.ms > job.deadline)) {
         // Dropped before its run: the run would end after the deadline anyway.
         this.fail(job, new DeadlineError(t >= job.deadline
           ? 'the deadline passed while the request waited in the queue'
-          : `the request cannot finish before its deadline (a run takes about ${Math.round(expected)} ms)`));
+          : `the request cannot finish before its deadline: ${Math.round(job.deadline - t)} ms were left and a run of ` +
+            `${describeCount(Math.min(left, capacity))} of ${q.key} takes ${describeEstimate(alone!)}`));
         continue;
       }
-      const take = Math.min(job.samples - job.next, capacity - batch.samples);
+      const take = Math.min(left, capacity - batch.sampleCount);
+      if (batch.sampleCount > 0) {
+        const together = this.estimates.runMs(q.key, batch.sampleCount + take);
+        if (together && t + together.ms > Math.min(batchDeadline, job.deadline)) break;
+      }
       batch.slices.push({ payload: job.payload, start: job.next, count: take });
       owners.push(job);
-      batch.samples += take;
+      batch.sampleCount += take;
+      batchDeadline = Math.min(batchDeadline, job.deadline);
       job.next += take;
       job.startedAt ??= t;
-      q.samples -= take;
-      this.waiting -= take;
-      this.waitingCost -= take * q.unitCost;
-      if (job.next === job.samples) q.jobs.shift();
+      q.sampleCount -= take;
+      this.room.wait(-take, q.unitCost);
+      if (job.next === job.sampleCount) q.jobs.shift();
     }
     if (q.jobs.length === 0) this.queues.delete(q.key);
     return { batch, owners };
@@ -307,13 +299,13 @@ export class Batcher<P, R> {
       this.running--;
       this.freeSlots.push(batch.slot);
       this.freeSlots.sort((a, b) => a - b);
-      this.opts.onBatch?.({ key: batch.key, slot: batch.slot, samples: batch.samples, requests: new Set(jobs).size, runMs: ms, ok });
+      this.opts.onBatch?.({ key: batch.key, slot: batch.slot, sampleCount: batch.sampleCount, requests: new Set(jobs).size, runMs: ms, ok });
       return ms;
     };
     this.run(batch).then(
       (result) => {
         const ms = done(true);
-        this.learn(batch, ms, this.queueCost(batch, jobs));
+        this.estimates.record(batch.key, batch.sampleCount, jobs[0]?.unitCost ?? 1, ms);
         let offset = 0;
         batch.slices.forEach((s, i) => {
           const job = jobs[i]!;
@@ -321,7 +313,7 @@ export class Batcher<P, R> {
             job.parts.push({ result, batchOffset: offset, start: s.start, count: s.count });
             job.done += s.count;
             job.runMs += ms;
-            if (job.done === job.samples) this.succeed(job);
+            if (job.done === job.sampleCount) this.succeed(job);
           }
           offset += s.count;
         });
@@ -333,18 +325,6 @@ export class Batcher<P, R> {
         this.pump();
       },
     );
-  }
-
-  private queueCost(batch: Batch<P>, jobs: Job<P, R>[]): number {
-    return batch.samples * (jobs[0]?.unitCost ?? 1);
-  }
-
-  private learn(batch: Batch<P>, ms: number, cost: number): void {
-    const prev = this.runMs.get(batch.key);
-    this.runMs.set(batch.key, prev === undefined ? ms : prev + EWMA * (ms - prev));
-    // Several slots drain in parallel: the rate of one run times the slots is the model's rate.
-    const rate = (cost / Math.max(ms, 0.001)) * this.concurrency;
-    this.costPerMs = this.costPerMs === 0 ? rate : this.costPerMs + EWMA * (rate - this.costPerMs);
   }
 
   private succeed(job: Job<P, R>): void {
@@ -369,12 +349,11 @@ export class Batcher<P, R> {
     for (const q of this.queues.values()) {
       const i = q.jobs.indexOf(job);
       if (i < 0) continue;
-      const left = job.samples - job.next;
+      const left = job.sampleCount - job.next;
       q.jobs.splice(i, 1);
-      q.samples -= left;
-      this.waiting -= left;
-      this.waitingCost -= left * q.unitCost;
-      job.next = job.samples;
+      q.sampleCount -= left;
+      this.room.wait(-left, q.unitCost);
+      job.next = job.sampleCount;
       if (q.jobs.length === 0) this.queues.delete(q.key);
       return;
     }
@@ -382,7 +361,7 @@ export class Batcher<P, R> {
 
   private checkIdle(): void {
     // While a batch forms, a dropped request can leave nothing waiting before the batch runs.
-    if (this.forming || this.pumpScheduled || this.waiting !== 0 || this.running !== 0) return;
+    if (this.forming || this.pumpScheduled || this.room.waiting !== 0 || this.running !== 0) return;
     const waiters = this.idleWaiters;
     this.idleWaiters = [];
     for (const w of waiters) w();

@@ -2,11 +2,11 @@
 // VAE or TAESD) is told from the keys. Weights stream from the checkpoint into the output file
 // one tensor at a time, so peak memory stays near the size of the largest tensor rather than the
 // model or the checkpoint.
-import { mkdir, rename, rm, writeFile } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { writeModelFile, type ElemType } from '../onnx/graph.js';
 import { checkFp16, type Fp16Report } from './fp16-guard.js';
 import { readBatchNormStats } from './flux2-stats.js';
+import { prepareOutput, writeAtomically, writeTextAtomically } from './output.js';
 import { SafetensorsFile } from './safetensors.js';
 import { buildEncoderGraph } from './encoder-graph.js';
 import { EncoderWeights, findKlEncoder, hasKlDecoder } from './encoder-weights.js';
@@ -43,6 +43,9 @@ export interface ConvertOptions {
   /** Write config.json beside the model; defaults to true when `out` is named model.onnx. */
   writeConfig?: boolean;
   onProgress?: (done: number, total: number) => void;
+  /** Convert weights holding NaN or ±Inf (reported through `warn`) instead of refusing them. */
+  allowNonFinite?: boolean;
+  warn?: (message: string) => void;
 }
 
 export interface ConvertResult {
@@ -68,9 +71,11 @@ export function encoderPath(out: string): string {
   return basename(out) === MODEL_FILE ? join(dirname(out), ENCODER_FILE) : out.replace(/(\.onnx)?$/i, '.encoder.onnx');
 }
 
+type OpenOptions = Pick<ConvertOptions, 'allowNonFinite' | 'warn'>;
+
 /** The checkpoint's encoder, or undefined when it holds none. */
-async function openEncoder(path: string): Promise<GraphSource | undefined> {
-  const file = await SafetensorsFile.open(path);
+async function openEncoder(path: string, opts: OpenOptions): Promise<GraphSource | undefined> {
+  const file = await SafetensorsFile.open(path, { allowNonFinite: opts.allowNonFinite, warn: opts.warn });
   if (detectTaesdEncoder(file)) {
     const w = await TaesdEncoderWeights.fromFile(file);
     return {
@@ -109,8 +114,8 @@ interface GraphSource {
 }
 
 /** The checkpoint's decoder, or undefined when it holds none (a TAESD encoder file). */
-async function openDecoder(path: string): Promise<GraphSource | undefined> {
-  const file = await SafetensorsFile.open(path);
+async function openDecoder(path: string, opts: OpenOptions): Promise<GraphSource | undefined> {
+  const file = await SafetensorsFile.open(path, { allowNonFinite: opts.allowNonFinite, warn: opts.warn });
   const keys = new Set(file.keys());
   if (detectTaesd(keys)) {
     const w = await TaesdWeights.fromFile(file);
@@ -140,13 +145,22 @@ async function openDecoder(path: string): Promise<GraphSource | undefined> {
   };
 }
 
+/**
+ * Converts a checkpoint into an ONNX decoder at `opts.out` (+ config.json in a repository folder),
+ * and its encoder, when the weights hold one, at encoderPath(opts.out). The output paths are
+ * checked before the checkpoint is read; every file is written under a temporary name and renamed.
+ * @throws OutputPathError for an output that cannot be a model file; Error naming the checkpoint
+ *   and the tensor for a bad header, a missing or misshapen weight, a NaN or ±Inf weight (unless
+ *   `allowNonFinite`), a refused float16 conversion, or weights with neither decoder nor encoder
+ */
 export async function convertCheckpoint(opts: ConvertOptions): Promise<ConvertResult> {
   const started = performance.now();
   const inRepoFolder = basename(opts.out) === MODEL_FILE;
-  const decoder = await openDecoder(opts.weights);
+  await prepareOutput(opts.out);
+  const decoder = await openDecoder(opts.weights, opts);
   let encoder: GraphSource | undefined;
   try {
-    encoder = await openEncoder(opts.weights);
+    encoder = await openEncoder(opts.weights, opts);
   } catch (err) {
     await decoder?.weights.close();
     throw err;
@@ -191,7 +205,6 @@ export async function convertCheckpoint(opts: ConvertOptions): Promise<ConvertRe
       encoderSkipped = (err as Error).message; // a decoder with a broken encoder beside it still converts
       encoderGraph = undefined;
     }
-    await mkdir(dirname(opts.out), { recursive: true });
     let bytes = 0;
     let fp16Check: Fp16Report | undefined;
     if (decoder && decoderGraph) {
@@ -201,7 +214,7 @@ export async function convertCheckpoint(opts: ConvertOptions): Promise<ConvertRe
       });
       // written under a temporary name so a model repository never sees a half-written model, nor
       // a float16 one the guard refuses
-      bytes = await writeAtomically(opts.out, model, decoderGraph.weights, type, decoder, opts.onProgress, async (partial) => {
+      bytes = await writeGraph(opts.out, model, decoderGraph.weights, type, decoder, opts.onProgress, async (partial) => {
         if (!opts.fp16) return;
         fp16Check = await checkFp16({
           graph: decoderGraph.graph, weights: decoderGraph.weights, fp16Model: partial, probePath: `${opts.out}.fp16-probe.partial`,
@@ -217,11 +230,12 @@ export async function convertCheckpoint(opts: ConvertOptions): Promise<ConvertRe
         doc: `${encoder.kind === 'taesd' ? 'TAESD' : 'SD-family VAE'} encoder (fp32) converted from ${config.source} by latent-decoder`,
         metadata: { ...metadata, precision: 'fp32', direction: 'encode' },
       });
-      const encBytes = await writeAtomically(path, model, encoderGraph.weights, 'float32', encoder, decoder ? undefined : opts.onProgress);
+      await prepareOutput(path);
+      const encBytes = await writeGraph(path, model, encoderGraph.weights, 'float32', encoder, decoder ? undefined : opts.onProgress);
       encoderResult = { path, architecture: encoder.architecture, bytes: encBytes };
     }
     if (opts.writeConfig ?? inRepoFolder) {
-      await writeFile(join(dirname(opts.out), CONFIG_FILE), `${JSON.stringify(config, null, 2)}\n`);
+      await writeTextAtomically(join(dirname(opts.out), CONFIG_FILE), `${JSON.stringify(config, null, 2)}\n`);
     }
     return {
       config: { ...config, ...main.shape },
@@ -239,11 +253,10 @@ export async function convertCheckpoint(opts: ConvertOptions): Promise<ConvertRe
   }
 }
 
-/** Writes a graph's model to `<path>.partial`, runs `verify` on it, then renames it into place. */
-async function writeAtomically(path: string, model: ReturnType<DecoderGraph['graph']['model']>, refs: DecoderGraph['weights'], type: ElemType,
+/** Streams a graph's model and weights to `path` atomically, running `verify` on the partial file first. */
+function writeGraph(path: string, model: ReturnType<DecoderGraph['graph']['model']>, refs: DecoderGraph['weights'], type: ElemType,
   src: GraphSource, onProgress?: (done: number, total: number) => void, verify?: (partial: string) => Promise<void>): Promise<number> {
-  const partial = `${path}.partial`;
-  try {
+  return writeAtomically(path, async (partial) => {
     const bytes = await writeModelFile(partial, model, refs.map((r) => ({
       name: r.name,
       type,
@@ -251,12 +264,8 @@ async function writeAtomically(path: string, model: ReturnType<DecoderGraph['gra
       load: () => src.weights.read(r.name, type === 'float16' ? 'float16' : 'float32'),
     })), onProgress);
     await verify?.(partial);
-    await rename(partial, path);
     return bytes;
-  } catch (err) {
-    await rm(partial, { force: true });
-    throw err;
-  }
+  });
 }
 
 const describe = (kind: FamilyKind, channels: number) => `${channels}-channel ${kind === 'taesd' ? 'TAESD' : 'KL VAE'} decoder`;

@@ -9,6 +9,7 @@
 //  2. the float16 model itself against that float32 run: no NaN/Inf, PSNR at least 40 dB.
 // Both run on seeded latents at a small size (1×C×16×16), so the guard costs a few runs.
 import { rm } from 'node:fs/promises';
+import '../inference/telemetry.cjs'; // ONNX Runtime telemetry off before the guard loads it
 import { DataType, GraphBuilder, attr, onnx, writeModelFile, type NodeProto } from '../onnx/graph.js';
 import { halfBitsToFloat32 } from '../tensor/dtype.js';
 import { INPUT_NAME, OUTPUT_NAME, type WeightRef } from './vae-graph.js';

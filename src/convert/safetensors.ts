@@ -2,6 +2,8 @@
 // multi-gigabyte full checkpoint touches only the decoder's few hundred megabytes, and a writer
 // for tests and tools. Format: 8-byte little-endian header length, a JSON header, the data.
 import { open, type FileHandle } from 'node:fs/promises';
+import { openRegularFile } from '../files.js';
+import { firstNonFinite, type FloatType } from '../onnx/finite.js';
 import { bfloat16BitsToFloat32, halfBitsToFloat32, toFloat16Bits } from '../tensor/dtype.js';
 
 export type StDtype = 'F32' | 'F16' | 'BF16';
@@ -10,6 +12,19 @@ const ITEM_SIZE: Record<string, number> = {
 };
 // A header is JSON text; anything this large is a corrupt length field, not a real header.
 const MAX_HEADER_BYTES = 100 * 1024 * 1024;
+
+const FLOAT_TYPE: Record<StDtype, FloatType> = { F32: 'float32', F16: 'float16', BF16: 'bfloat16' };
+
+export interface OpenOptions {
+  /** Read tensors holding NaN or ±Inf (each reported once through `warn`) instead of refusing them. */
+  allowNonFinite?: boolean;
+  warn?: (message: string) => void;
+}
+
+/** A tensor holds NaN or ±Inf: a model converted from it would decode every input to NaN. */
+export class NonFiniteTensorError extends Error {
+  override name = 'NonFiniteTensorError';
+}
 
 export interface TensorInfo {
   name: string;
@@ -26,10 +41,18 @@ export class SafetensorsFile {
     private readonly handle: FileHandle,
     private readonly tensors: Map<string, TensorInfo>,
     readonly metadata: Record<string, string>,
+    private readonly opts: OpenOptions,
   ) {}
 
-  static async open(path: string): Promise<SafetensorsFile> {
-    const handle = await open(path, 'r');
+  /**
+   * Opens a checkpoint and checks its header: a regular file (a link followed once; a FIFO,
+   * device or folder is refused before it is opened), each tensor's byte range within the file,
+   * the ranges back to back from the start of the data to its end with neither overlap nor gap
+   * (the rule of the reference implementation, huggingface/safetensors `validate`).
+   * @throws Error naming the file and the tensor(s)
+   */
+  static async open(path: string, opts: OpenOptions = {}): Promise<SafetensorsFile> {
+    const handle = await openRegularFile(path, Number.MAX_SAFE_INTEGER);
     try {
       const { size } = await handle.stat();
       if (size < 8) throw new Error(`${path} is not a safetensors file: ${size} bytes, shorter than the 8-byte header length`);
@@ -43,7 +66,7 @@ export class SafetensorsFile {
       const headerBuf = Buffer.alloc(headerLen);
       await handle.read(headerBuf, 0, headerLen, 8);
       const { tensors, metadata } = parseHeader(path, headerBuf, 8 + headerLen, size);
-      return new SafetensorsFile(path, handle, tensors, metadata);
+      return new SafetensorsFile(path, handle, tensors, metadata, opts);
     } catch (err) {
       await handle.close();
       throw err;
@@ -68,9 +91,26 @@ export class SafetensorsFile {
     return buf;
   }
 
+  private readonly warned = new Set<string>();
+
+  /** The tensor's bytes, refused (or reported once) when any value is NaN or ±Inf. */
+  private async readFinite(name: string, dtype: StDtype): Promise<Buffer> {
+    const raw = await this.readRaw(name);
+    const bad = firstNonFinite(raw, FLOAT_TYPE[dtype]);
+    if (!bad) return raw;
+    const t = this.tensors.get(name)!;
+    const what = `tensor ${name} (${dtype} [${t.shape.join(', ')}]) holds ${bad.count} NaN or infinite value${bad.count === 1 ? '' : 's'}, the first ${bad.value} at index ${bad.index}`;
+    if (!this.opts.allowNonFinite) {
+      throw new NonFiniteTensorError(`${this.path}: ${what}; the converted model would decode every input to NaN (pass --allow-nan to convert it anyway)`);
+    }
+    if (!this.warned.has(name)) this.opts.warn?.(`${this.path}: ${what}; converting it anyway (--allow-nan)`);
+    this.warned.add(name);
+    return raw;
+  }
+
   async readFloat32(name: string): Promise<Float32Array> {
     const dtype = this.floatDtype(name);
-    const raw = await this.readRaw(name);
+    const raw = await this.readFinite(name, dtype);
     if (dtype === 'F32') return new Float32Array(alignedCopy(raw).buffer);
     const bits = new Uint16Array(alignedCopy(raw).buffer);
     return dtype === 'F16' ? halfBitsToFloat32(bits) : bfloat16BitsToFloat32(bits);
@@ -78,7 +118,7 @@ export class SafetensorsFile {
 
   /** The tensor as IEEE float16 bits; float16 data is copied bit for bit, other types rounded. */
   async readFloat16(name: string): Promise<Uint16Array> {
-    if (this.floatDtype(name) === 'F16') return new Uint16Array(alignedCopy(await this.readRaw(name)).buffer);
+    if (this.floatDtype(name) === 'F16') return new Uint16Array(alignedCopy(await this.readFinite(name, 'F16')).buffer);
     return toFloat16Bits(await this.readFloat32(name));
   }
 
@@ -129,6 +169,19 @@ function parseHeader(path: string, buf: Buffer, dataStart: number, fileSize: num
     }
     tensors.set(name, { name, dtype: v.dtype as string, shape, begin: dataStart + b, end: dataStart + e });
   }
+  // back to back from the data's start to the file's end: an overlap would alias two tensors
+  let at = dataStart;
+  let prev: TensorInfo | undefined;
+  for (const t of [...tensors.values()].sort((x, y) => x.begin - y.begin || x.end - y.end)) {
+    if (t.begin !== at) {
+      const rel = (n: number) => n - dataStart;
+      throw new Error(`${path} has a bad safetensors header: tensor ${t.name} starts at data offset ${rel(t.begin)}, ` +
+        (t.begin < at ? `inside ${prev!.name} (${rel(prev!.begin)}–${rel(prev!.end)}): tensors overlap` : `leaving a gap after ${prev ? `${prev.name}, which ends at ${rel(at)}` : 'the header'}`));
+    }
+    at = t.end;
+    prev = t;
+  }
+  if (at !== fileSize) throw new Error(`${path} has a bad safetensors header: the tensors end at byte ${at} but the file has ${fileSize}`);
   return { tensors, metadata };
 }
 

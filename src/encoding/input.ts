@@ -124,7 +124,7 @@ function tensorInput(options: EncodeOptions, byteLength: number, bytes: () => Pr
         if (Number.isFinite(x) && Math.abs(x) <= 1 + RANGE_SLACK) continue;
         const at = `[${position(i, shape).join(', ')}] (flat index ${i})`;
         if (!Number.isFinite(x)) throw new ServiceError('NON_FINITE', `the image tensor holds ${x} at ${at}; every value must be finite`);
-        throw new ServiceError('OUT_OF_RANGE', `the image tensor holds ${x} at ${at}: values must be in [-1, 1] (x / 127.5 − 1 of 8-bit pixels)`);
+        throw new ServiceError('IMAGE_OUT_OF_RANGE', `the image tensor holds ${x} at ${at}: values must be in [-1, 1] (x / 127.5 − 1 of 8-bit pixels)`);
       }
       return data;
     },

@@ -6,40 +6,54 @@
 import { setMaxListeners } from 'node:events';
 import { ServiceError } from '../errors.js';
 import type { TileSettings } from '../serving/tiled.js';
-import type { Encoded, ServedEncoder } from '../serving/served-encoder.js';
-import { VAE_SCALE_FACTOR } from '../serving/served-encoder.js';
+import type { Demand, ReserveWording } from '../batching/batcher.js';
+import { encodeKey, VAE_SCALE_FACTOR, type Encoded, type EncodeTicket, type ServedEncoder } from '../serving/served-encoder.js';
 import { blendLatentTiles } from '../tiling/blend-latents.js';
-import { copyTile, planTiles, tileGroups } from '../tiling/plan.js';
+import { copyTile, planTiles, tileGroups, type TileGrid } from '../tiling/plan.js';
 
 export interface TiledEncodeOptions {
+  /** The request's reservation, holding tiledEncodeDemand(shape, settings). */
+  ticket: EncodeTicket;
   deadline?: number;
   signal?: AbortSignal;
   /** Also the posterior's std (blended as log-variance, as diffusers blends the moments). */
   std?: boolean;
   maxBatchSize: number;
   maxBatchLatentPixels: number;
-  maxQueueSize: number;
 }
 
-/**
- * Encodes images float32 [n, 3, H, W] as tiles of `settings.tile` latents (8× in pixels); resolves
- * like ServedEncoder.encode. Throws BAD_PARAMETER when the tile stride is not a whole number of
- * latents (the tiles must start on latent boundaries), BATCH_TOO_LARGE when the tiles would not
- * fit the queue, and whatever a tile's encode throws (the other tiles are then dropped).
- */
-export async function encodeTiled(model: Pick<ServedEncoder, 'encode' | 'latentChannels' | 'hasStd'>, pixels: Float32Array,
-  shape: readonly [number, number, number, number], settings: TileSettings, opts: TiledEncodeOptions): Promise<Encoded> {
-  const t0 = performance.now();
-  const [n, , H, W] = shape;
+/** The pixel tile grid of [N, 3, H, W] images; BAD_PARAMETER when the stride is not a whole number of latents. */
+function encodeGrid(shape: readonly number[], settings: TileSettings): TileGrid {
+  const [, , H, W] = shape as [number, number, number, number];
   const f = VAE_SCALE_FACTOR;
   const grid = planTiles(H, W, settings.tile * f, settings.overlap);
   if (grid.stride % f !== 0) {
     throw new ServiceError('BAD_PARAMETER', `tile_overlap=${settings.overlap} gives tiles of ${settings.tile * f} px a stride of ${grid.stride} px, not a whole number of latents (a multiple of ${f}): choose another overlap`);
   }
+  return grid;
+}
+
+/** What a tiled encode queues: every tile, by tile size (the batcher key), reserved before the pixels are decoded. */
+export function tiledEncodeDemand(shape: readonly number[], settings: TileSettings): { demands: Demand[]; wording: ReserveWording } {
+  const n = shape[0]!;
+  const f = VAE_SCALE_FACTOR;
+  const demands = tileGroups(encodeGrid(shape, settings)).map((g) => ({ key: encodeKey(g.h, g.w), sampleCount: g.tiles.length * n, cost: (g.h / f) * (g.w / f) }));
+  return { demands, wording: { unit: `tiles of ${settings.tile * f} px`, advice: 'use larger tiles or fewer images per request' } };
+}
+
+/**
+ * Encodes images float32 [n, 3, H, W] as tiles of `settings.tile` latents (8× in pixels), drawn
+ * from the ticket (which holds tiledEncodeDemand); resolves like ServedEncoder.encode. Throws
+ * BAD_PARAMETER when the tile stride is not a whole number of latents (the tiles must start on
+ * latent boundaries) and whatever a tile's encode throws (the other tiles are then dropped).
+ */
+export async function encodeTiled(model: Pick<ServedEncoder, 'encode' | 'latentChannels' | 'hasStd'>, pixels: Float32Array,
+  shape: readonly [number, number, number, number], settings: TileSettings, opts: TiledEncodeOptions): Promise<Encoded> {
+  const t0 = performance.now();
+  const n = shape[0];
+  const f = VAE_SCALE_FACTOR;
+  const grid = encodeGrid(shape, settings);
   const count = grid.rows.length * grid.cols.length;
-  if (count * n > opts.maxQueueSize) {
-    throw new ServiceError('BATCH_TOO_LARGE', `${n} images of ${W}x${H} make ${count * n} tiles of ${settings.tile * f} px, more than the queue holds (${opts.maxQueueSize}); use larger tiles or fewer images per request`);
-  }
   const c = model.latentChannels;
   const withStd = opts.std === true && model.hasStd;
   const outer = opts.signal;
@@ -62,7 +76,7 @@ export async function encodeTiled(model: Pick<ServedEncoder, 'encode' | 'latentC
         const tiles = g.tiles.slice(k, k + perJob);
         const data = new Float32Array(tiles.length * per);
         tiles.forEach(([i, j], q) => copyTile(pixels, shape, grid, i, j, data, q * per));
-        jobs.push(model.encode(data, [tiles.length * n, 3, g.h, g.w], { deadline: opts.deadline, signal: inner.signal, std: withStd })
+        jobs.push(model.encode(data, [tiles.length * n, 3, g.h, g.w], { ticket: opts.ticket, deadline: opts.deadline, signal: inner.signal, std: withStd })
           .then((e) => {
             queueMs = Math.min(queueMs, e.queueMs);
             const plane = n * c * cost;

@@ -12,6 +12,8 @@ export interface WorkerInit {
   /** An ONNX file, or the model's bytes for built-in models. */
   modelPath?: string;
   modelBytes?: Uint8Array;
+  /** MAX_MODEL_BYTES (default 2 GiB): a larger modelPath is refused before it is read. */
+  maxModelBytes?: number;
   providers: ExecutionProvider[];
   intraOpThreads: number;
   cpuMemArena: boolean;
@@ -72,7 +74,8 @@ export interface RunOutputs {
 
 export type WorkerMessage =
   | { type: 'ready'; io: ModelIo }
-  | { type: 'failed'; message: string }
+  /** `defect`: the model itself is broken (a non-finite weight), not the machine or the file's format. */
+  | { type: 'failed'; message: string; defect?: boolean }
   | { type: 'result'; id: number; outputs: RunOutputs; ms: number }
   | { type: 'error'; id: number; message: string }
   | { type: 'log'; level: 'info' | 'warn'; msg: string; data?: Record<string, unknown> };

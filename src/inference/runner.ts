@@ -2,8 +2,11 @@
 // up, and turns runs into promises. A worker that dies fails the runs it had and is restarted with
 // backoff; runs asked for meanwhile wait for the new worker (their request's deadline still
 // applies, upstream). After `maxRestarts` failed restarts in a row the runner gives up and says so
-// through `onFatal`: a model that cannot run must not leave the pod Ready.
+// through `onFatal`: a model that cannot run must not leave the pod Ready. Closing cancels a
+// restart that waits out its backoff and waits for a worker that is starting (never terminated
+// mid-load), so no worker outlives close().
 import { Worker } from 'node:worker_threads';
+import './telemetry.cjs'; // ONNX Runtime telemetry off in the process before a worker loads it
 import type { ModelIo, OutputName, RunOutputs, WorkerInit, WorkerMessage } from './protocol.js';
 
 export interface RunResult {
@@ -39,6 +42,11 @@ function newWorker(workerData: WorkerInit): Worker {
   return new Worker(boot, { eval: true, workerData });
 }
 
+/** The model is broken whatever it is given (a NaN weight, NaN on zero latents): the message says where. */
+export class ModelDefectError extends Error {
+  override name = 'ModelDefectError';
+}
+
 type Pending = { resolve: (r: RunResult) => void; reject: (e: Error) => void };
 
 export class InferenceRunner {
@@ -51,6 +59,10 @@ export class InferenceRunner {
   private fatal: Error | undefined;
   /** Resolves when a restarting worker is ready (or the runner gave up or closed). */
   private restarted: Promise<void> = Promise.resolve();
+  /** Ends the restart backoff now (close). */
+  private wake: (() => void) | undefined;
+  /** Resolves when the current worker has exited. */
+  private exited: Promise<void> = Promise.resolve();
   io!: ModelIo;
 
   private constructor(private readonly init: WorkerInit, private readonly log: RunnerLogger, private readonly opts: RunnerOptions) {}
@@ -70,6 +82,7 @@ export class InferenceRunner {
     return new Promise((resolve, reject) => {
       const w = newWorker(this.init);
       this.worker = w;
+      this.exited = new Promise((done) => w.once('exit', () => done()));
       let ready = false;
       w.on('message', (m: WorkerMessage) => {
         switch (m.type) {
@@ -79,7 +92,7 @@ export class InferenceRunner {
             if (this.closing) w.postMessage({ type: 'close' }); // closed while it restarted
             resolve(m.io);
             break;
-          case 'failed': reject(new Error(m.message)); void w.terminate(); break;
+          case 'failed': reject(m.defect ? new ModelDefectError(m.message) : new Error(m.message)); void w.terminate(); break;
           case 'log': this.log[m.level](m.data ?? {}, m.msg); break;
           case 'result': this.settle(m.id)?.resolve({ outputs: m.outputs, ms: m.ms }); break;
           case 'error': this.settle(m.id)?.reject(new Error(m.message)); break;
@@ -104,7 +117,15 @@ export class InferenceRunner {
     let delay = this.opts.restartDelayMs ?? 100;
     for (let attempt = 1; attempt <= max && !this.closing; attempt++) {
       this.log.warn({ attempt, delayMs: delay }, 'restarting the inference worker');
-      await new Promise((r) => setTimeout(r, delay));
+      await new Promise<void>((r) => {
+        const timer = setTimeout(r, delay);
+        this.wake = () => {
+          clearTimeout(timer);
+          r();
+        };
+      });
+      this.wake = undefined;
+      if (this.closing) return;
       try {
         this.io = await this.spawn();
         return;
@@ -138,15 +159,17 @@ export class InferenceRunner {
   }
 
   /**
-   * Lets the worker finish the runs already posted and exit. Worker.terminate() during a native
-   * ORT run aborts the whole process (seen: "terminate called after throwing an instance of
-   * 'Napi::Error'").
+   * Lets the worker finish the runs already posted and exit; resolves once no worker of this
+   * runner is left. A restart waiting out its backoff is cancelled; a worker still loading is
+   * told to close once it is ready (spawn's 'ready' handler) and waited for. Worker.terminate()
+   * during a native ORT call aborts the whole process (seen: "terminate called after throwing
+   * an instance of 'Napi::Error'").
    */
   async close(): Promise<void> {
     this.closing = true;
-    if (!this.alive) return;
-    const exited = new Promise((resolve) => this.worker.once('exit', resolve));
-    this.worker.postMessage({ type: 'close' });
-    await exited;
+    this.wake?.();
+    if (this.alive) this.worker.postMessage({ type: 'close' });
+    await this.restarted;
+    await this.exited;
   }
 }

@@ -1,8 +1,11 @@
 // The ONNX Runtime session, in a worker thread: InferenceSession.run is a synchronous native call
 // that would block the event loop for the whole inference.
-import { readFile } from 'node:fs/promises';
 import { parentPort, workerData } from 'node:worker_threads';
 import * as ort from 'onnxruntime-node';
+import { MAX_MODEL_BYTES } from '../config.js';
+import { readRegularFile } from '../files.js';
+import { decodeModel } from '../onnx/graph.js';
+import { describeNonFinite, nonFiniteWeights } from '../onnx/finite.js';
 import { halfBitsToFloat32, toFloat16Bits } from '../tensor/dtype.js';
 import { ENCODER_MEAN, ENCODER_STD, encoderIo } from '../onnx/encoder-io.js';
 import { IMAGE_OUTPUT, NONFINITE_OUTPUT, withPostprocess } from '../onnx/postprocess.js';
@@ -43,18 +46,24 @@ function owned(view: ArrayBufferView): ArrayBuffer {
   return whole ? (view.buffer as ArrayBuffer) : (view.buffer.slice(view.byteOffset, view.byteOffset + view.byteLength) as ArrayBuffer);
 }
 
+/** A model that cannot serve whatever the request: the registry marks it unavailable. */
+class DefectError extends Error {}
+
 function toFloat32(t: ort.Tensor): Float32Array {
   return t.type === 'float32' ? (t.data as Float32Array) : halfBitsToFloat32(t.data as Uint16Array);
 }
 
 async function main(): Promise<void> {
   const t0 = performance.now();
-  const original = init.modelBytes ?? (await readFile(init.modelPath!));
+  const original = init.modelBytes ?? (await readRegularFile(init.modelPath!, init.maxModelBytes ?? MAX_MODEL_BYTES, 'MAX_MODEL_BYTES'));
+  const model = decodeModel(original);
+  const broken = nonFiniteWeights(model);
+  if (broken.length > 0) throw new DefectError(describeNonFinite(broken));
   // An encoder runs as it is; a decoder gets the in-graph postprocess (uint8 image, finite check).
-  const enc = init.direction === 'encode' ? encoderIo(original) : undefined;
+  const enc = init.direction === 'encode' ? encoderIo(model) : undefined;
   const { bytes, io } = enc
     ? { bytes: original, io: { input: enc.input, output: ENCODER_MEAN, metadata: enc.metadata, finiteCheck: false } }
-    : withPostprocess(original);
+    : withPostprocess(original, model);
   const names: Record<OutputName, string> = { image: IMAGE_OUTPUT, sample: io.output, mean: ENCODER_MEAN, std: ENCODER_STD };
   // warm-up sizes are latent sizes: an encoder takes images 8× their side
   const up = enc ? 8 : 1;
@@ -82,7 +91,12 @@ async function main(): Promise<void> {
   const w0 = performance.now();
   for (const [n, h, w] of plan) {
     const dims = meta.shape.map((d, i) => (typeof d === 'number' ? d : [n, channels, h * up, w * up][i]!));
-    await run(new Float32Array(dims.reduce((a, b) => a * b, 1)), dims, enc ? [ENCODER_MEAN] : [IMAGE_OUTPUT, io.output]);
+    const fetch = enc ? [ENCODER_MEAN] : [IMAGE_OUTPUT, io.output, ...(io.finiteCheck ? [NONFINITE_OUTPUT] : [])];
+    const res = await run(new Float32Array(dims.reduce((a, b) => a * b, 1)), dims, fetch);
+    // zero latents decode to finite pixels in any working decoder: NaN here is the model's fault
+    if (io.finiteCheck && (res[NONFINITE_OUTPUT]!.data as Float32Array).some((v) => v !== 0)) {
+      throw new DefectError(`warm-up on zero latents [${dims.join(', ')}] produced NaN or infinite values: the model's weights or its float16 range are broken`);
+    }
   }
   const warmupMs = performance.now() - w0;
   post({ type: 'log', level: 'info', msg: 'warm-up', data: { provider, shapes: plan.map((s) => s.join('x')), ms: Math.round(warmupMs) } });
@@ -119,4 +133,4 @@ async function main(): Promise<void> {
   });
 }
 
-main().catch((e: unknown) => post({ type: 'failed', message: (e as Error).message }));
+main().catch((e: unknown) => post({ type: 'failed', message: (e as Error).message, ...(e instanceof DefectError ? { defect: true } : {}) }));

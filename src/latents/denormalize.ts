@@ -11,8 +11,11 @@ import type { LatentPlan, LatentTensor } from './parse.js';
 
 const YIELD_EVERY = 1 << 18;
 
-/** Into the decoder's space: float32 NCHW [N, C, h, w]. Throws NON_FINITE naming the wire position. */
-export async function denormalizeToDecoderSpace(plan: LatentPlan & { stats: ChannelStats }, bytes: Uint8Array): Promise<LatentTensor> {
+/**
+ * Into the decoder's space: float32 NCHW [N, C, h, w]. Throws NON_FINITE, or LATENT_OUT_OF_RANGE
+ * for a result beyond ±maxMagnitude (fuse.ts's bound), naming the wire position.
+ */
+export async function denormalizeToDecoderSpace(plan: LatentPlan & { stats: ChannelStats }, bytes: Uint8Array, maxMagnitude: number): Promise<LatentTensor> {
   const [n, c, h, w] = plan.shape;
   const { stats, scale } = plan;
   const p = stats.patch;
@@ -54,6 +57,9 @@ export async function denormalizeToDecoderSpace(plan: LatentPlan & { stats: Chan
       const v = read(flat);
       const z = Math.fround(Math.fround(Math.fround(v / scale) * stats.std[k]!) + stats.mean[k]!);
       if (!Number.isFinite(z)) throw nonFinite(plan, v, flat);
+      if (!(z <= maxMagnitude && z >= -maxMagnitude)) {
+        throw new ServiceError('LATENT_OUT_OF_RANGE', `the latent ${v} at ${at(plan, flat)} de-normalises to ${z}, beyond ±${maxMagnitude}, the decoder-space bound: check the latents`);
+      }
       const ch = Math.floor(k / (p * p));
       const dy = Math.floor((k % (p * p)) / p);
       const dx = k % p;
@@ -68,14 +74,17 @@ export async function denormalizeToDecoderSpace(plan: LatentPlan & { stats: Chan
   return { data: out, shape: plan.shape };
 }
 
-function nonFinite(plan: LatentPlan, v: number, flat: number): ServiceError {
+function at(plan: LatentPlan, flat: number): string {
   const idx = new Array<number>(plan.wireShape.length);
   let i = flat;
   for (let d = plan.wireShape.length - 1; d >= 0; d--) {
     idx[d] = i % plan.wireShape[d]!;
     i = Math.floor(i / plan.wireShape[d]!);
   }
-  const at = `[${idx.join(', ')}] (flat index ${flat})`;
-  if (!Number.isFinite(v)) return new ServiceError('NON_FINITE', `the latents hold ${v} at ${at}; every value must be finite`);
-  return new ServiceError('NON_FINITE', `the model's per-channel statistics turn the latent ${v} at ${at} into a non-finite value in float32`);
+  return `[${idx.join(', ')}] (flat index ${flat})`;
+}
+
+function nonFinite(plan: LatentPlan, v: number, flat: number): ServiceError {
+  if (!Number.isFinite(v)) return new ServiceError('NON_FINITE', `the latents hold ${v} at ${at(plan, flat)}; every value must be finite`);
+  return new ServiceError('NON_FINITE', `the model's per-channel statistics turn the latent ${v} at ${at(plan, flat)} into a non-finite value in float32`);
 }

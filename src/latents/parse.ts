@@ -60,6 +60,7 @@ export interface LatentPlan {
 const RAW_TYPES = new Set(['', 'application/octet-stream', 'tensor/binary', 'binary/octet-stream']);
 const NPY_TYPES = new Set(['application/x-npy', 'application/npy', 'application/x-numpy']);
 
+/** The body's encoding from its Content-Type; UNSUPPORTED_MEDIA_TYPE for any other type. */
 export function bodyKind(contentType: string | undefined): BodyKind {
   const t = (contentType ?? '').split(';')[0]!.trim().toLowerCase();
   if (RAW_TYPES.has(t)) return 'raw';
@@ -69,6 +70,11 @@ export function bodyKind(contentType: string | undefined): BodyKind {
     `Content-Type ${JSON.stringify(t)} is not supported: send application/octet-stream (or no Content-Type), application/x-npy or application/json`);
 }
 
+/**
+ * The options and the latents' byte count from a body, without decoding the latents (see
+ * WireLatents.bytes). The bytes may start at any offset of any buffer: fuse.ts reads them so.
+ * @throws ServiceError EMPTY_BODY, BAD_NPY, BAD_JSON, BAD_BASE64, BAD_PARAMETER and the option errors
+ */
 export function readBody(kind: BodyKind, body: Buffer | undefined, query: Record<string, unknown>): WireLatents {
   if (!body || body.length === 0) {
     throw new ServiceError('EMPTY_BODY', 'the request body is empty: send the latents as raw bytes, a .npy file or JSON');
@@ -84,17 +90,17 @@ export function readBody(kind: BodyKind, body: Buffer | undefined, query: Record
   }
 }
 
-const NPY_DTYPES: Partial<Record<NpyDtype, WireDtype>> = { '<f4': 'float32', '<f2': 'float16' };
+/** The .npy dtypes a body may hold (numpy has no bfloat16: send it raw or as JSON). */
+const NPY_WIRE_DTYPES: Partial<Record<NpyDtype, WireDtype>> = { '<f4': 'float32', '<f2': 'float16' };
 
 function readNpyBody(buf: Buffer, query: Record<string, unknown>): WireLatents {
   let header: NpyHeader;
   try {
-    header = parseNpyHeader(buf, 'the .npy body');
+    header = parseNpyHeader(buf, 'the .npy body', Object.keys(NPY_WIRE_DTYPES) as NpyDtype[]);
   } catch (e) {
     throw new ServiceError('BAD_NPY', (e as Error).message);
   }
-  const dtype = NPY_DTYPES[header.dtype];
-  if (!dtype) throw new ServiceError('BAD_NPY', `the .npy body holds ${header.dtype}; send little-endian float32 (<f4) or float16 (<f2)`);
+  const dtype = NPY_WIRE_DTYPES[header.dtype]!;
   if (header.shape.length === 0) throw new ServiceError('BAD_NPY', 'the .npy body has an empty shape');
   // The header decides shape and dtype; the same option in the query string must agree with it.
   const fromQuery = parseOptions(query);
@@ -138,6 +144,7 @@ export function checkShape(o: DecodeOptions, model: ModelLimits): Omit<LatentPla
     const [n, a, b, c] = wireShape as [number, number, number, number];
     shape = order === 'nchw' ? [n, a, b, c] : [n, c, a, b];
     checkChannels(s, o.layout, model);
+    checkImageSize(o, shape, wireShape);
   }
   checkSide(shape, model);
   return { order, wireShape, shape };
@@ -172,14 +179,45 @@ function unpackedShape(s: number[], height: number, width: number, model: ModelL
   return [n, c, 2 * ph, 2 * pw];
 }
 
+/**
+ * Latent channel counts of published VAEs: 4 (SD 1.x/2.x, SDXL, TAESD), 12 (Mochi), 16 (SD3,
+ * FLUX.1, CogVideoX, HunyuanVideo, Wan 2.1), 32 (FLUX.2, DC-AE f32c32), 48 (Wan 2.2), 128 (LTX-Video,
+ * DC-AE f64c128). A tensor whose channels-first reading has one of these is most likely such a
+ * latent sent to the wrong model, not a channels-last one.
+ */
+const LATENT_CHANNEL_COUNTS = new Set([4, 12, 16, 32, 48, 128]);
+
+/**
+ * CHANNEL_MISMATCH naming both readings of the shape. The other layout is suggested only when
+ * following the hint decodes the latents as they were meant: the other reading has the model's
+ * channels and sides within MAX_LATENT_SIDE, and the reading as sent is not itself a plausible
+ * latent (its channel count is none of LATENT_CHANNEL_COUNTS). [1, 16, 12, 4] to a 4-channel
+ * model reads as 16-channel 12x4 latents (a FLUX latent, say): layout=nhwc would decode garbage.
+ */
 function checkChannels(s: number[], layout: 'nchw' | 'nhwc', model: ModelLimits): void {
-  const first = s[s.length - 3]!;
-  const last = s[s.length - 1]!;
-  const [c, other, otherLayout] = layout === 'nchw' ? [first, last, 'nhwc'] : [last, first, 'nchw'];
+  const [a, b, last] = s.slice(-3) as [number, number, number];
+  const [c, other, otherLayout, otherSides] = layout === 'nchw' ? [a, last, 'nhwc', [a, b]] : [last, a, 'nchw', [b, last]];
   if (c === model.channels) return;
-  const hint = other === model.channels ? `: pass layout=${otherLayout}` : '';
+  let hint = '';
+  if (other === model.channels) {
+    if (LATENT_CHANNEL_COUNTS.has(c)) hint = `; not suggesting layout=${otherLayout}: ${c} channels is what other VAEs' latents have (another model's latents?)`;
+    else if (otherSides.every((d) => d <= model.maxLatentSide)) hint = `: pass layout=${otherLayout}`;
+  }
   throw new ServiceError('CHANNEL_MISMATCH',
     `the latents have ${c} channels but model ${model.name} takes ${model.channels}: shape [${s.join(', ')}] read as ${layout.toUpperCase()} has ${c} channels, read as ${otherLayout.toUpperCase()} ${other}${hint}`);
+}
+
+/** Pixels per latent on each side: every image VAE served here upsamples 8× (3 upsampling blocks). */
+export const PIXELS_PER_LATENT = 8;
+
+/** height/width (pixels) given beside latents that are not packed must be what the latents decode to. */
+function checkImageSize(o: DecodeOptions, [, , h, w]: number[], wireShape: number[]): void {
+  const wantH = h! * PIXELS_PER_LATENT;
+  const wantW = w! * PIXELS_PER_LATENT;
+  if ((o.height === undefined || o.height === wantH) && (o.width === undefined || o.width === wantW)) return;
+  const given = [o.height === undefined ? '' : `height=${o.height}`, o.width === undefined ? '' : `width=${o.width}`].filter(Boolean).join(' and ');
+  throw new ServiceError('BAD_PARAMETER',
+    `${given} contradict${o.height !== undefined && o.width !== undefined ? '' : 's'} shape [${wireShape.join(', ')}]: its ${h}x${w} latents decode to ${wantH}x${wantW} pixels (height x width, ${PIXELS_PER_LATENT} per latent); fix or leave out height and width (they unpack 3-D FLUX latents)`);
 }
 
 function checkSide([, , h, w]: number[], model: ModelLimits): void {
@@ -214,7 +252,9 @@ export function planLatents(wire: WireLatents, model: ModelLimits): LatentPlan {
     }
     const shape: LatentPlan['shape'] = [1, c, side, side];
     checkSide(shape, model);
-    resolved = { order: o.layout, wireShape: o.layout === 'nchw' ? shape : [1, side, side, c], shape };
+    const wireShape = o.layout === 'nchw' ? shape : [1, side, side, c];
+    checkImageSize(o, shape, wireShape);
+    resolved = { order: o.layout, wireShape, shape };
   }
   // do_scaling=false means the client already scaled.
   const scale = o.doScaling ? (o.scalingFactor ?? model.scalingFactor) : 1;

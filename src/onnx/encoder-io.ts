@@ -1,7 +1,7 @@
 // What the service needs to know of an encoder graph (encoder.onnx as convert writes it): its
 // input, its outputs (the posterior mean, and std for KL encoders) and its metadata. Encoders run
 // as they are: no postprocess is appended.
-import { decodeModel, onnx } from './graph.js';
+import { onnx, type ModelProto } from './graph.js';
 
 export const ENCODER_MEAN = 'latent_mean';
 export const ENCODER_STD = 'latent_std';
@@ -13,9 +13,8 @@ export interface EncoderIo {
   hasStd: boolean;
 }
 
-/** Reads an encoder's interface; throws naming what is missing when the graph is not one of ours. */
-export function encoderIo(modelBytes: Uint8Array): EncoderIo {
-  const model = decodeModel(modelBytes);
+/** Reads an encoder's interface (the decoded file); throws naming what is missing when the graph is not one of ours. */
+export function encoderIo(model: ModelProto): EncoderIo {
   const graph = model.graph as InstanceType<typeof onnx.GraphProto> | null | undefined;
   if (!graph || graph.input.length === 0) throw new Error('the encoder ONNX file has no graph inputs');
   const initNames = new Set(graph.initializer.map((t) => t.name));

@@ -19,9 +19,11 @@ export interface DecoderIo {
   finiteCheck: boolean;
 }
 
-/** Returns the model with an extra uint8 NHWC output `image`; a model that has one is returned as is. */
-export function withPostprocess(modelBytes: Uint8Array): { bytes: Uint8Array; io: DecoderIo } {
-  const model: ModelProto = decodeModel(modelBytes);
+/**
+ * Returns the model with an extra uint8 NHWC output `image`; a model that has one is returned as
+ * is. `model` is `modelBytes` decoded, when the caller has it already.
+ */
+export function withPostprocess(modelBytes: Uint8Array, model: ModelProto = decodeModel(modelBytes)): { bytes: Uint8Array; io: DecoderIo } {
   // Decoded messages always carry their repeated fields as arrays.
   const graph = model.graph as InstanceType<typeof onnx.GraphProto> | null | undefined;
   if (!graph || graph.input.length === 0 || graph.output.length === 0) {

@@ -2,11 +2,13 @@
 // one process (the tests) keep separate counts. Requests and batches are recorded as they happen;
 // what the models and the queue look like now (queue depth, in-flight, model info) is read on
 // scrape, so it never goes stale and the request path does not pay for it.
-import type { FastifyInstance } from 'fastify';
+import type { FastifyInstance, FastifyRequest } from 'fastify';
 import fp from 'fastify-plugin';
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
 import type { BatchInfo } from '../batching/batcher.js';
 import type { Direction } from '../inference/protocol.js';
+import { ErrorCodes } from '../errors.js';
+import { refusalOn } from '../http-server.js';
 import type { ImageFormat } from '../latents/options.js';
 import type { ModelRegistry } from '../serving/registry.js';
 import type { ServedEncoder } from '../serving/served-encoder.js';
@@ -40,6 +42,25 @@ export interface DecodeEvent {
   format?: ImageFormat | 'tensor';
   /** Which route: /decode (the default) or /encode. */
   direction?: Direction;
+}
+
+/** What the decode route learns about a request as it goes; recorded once, when it ends. */
+export interface DecodeNote {
+  model?: string;
+  timings: StageTimings;
+  samples: number;
+  format?: ImageFormat | 'tensor';
+  /** /encode's requests say so; /decode's leave it unset. */
+  direction?: Direction;
+}
+
+/** The outcome label of an answer's status (499: the client closed the connection first). */
+export function outcomeOf(status: number): Outcome {
+  if (status < 400) return 'ok';
+  if (status === 429) return 'rejected';
+  if (status === 504) return 'timed_out';
+  if (status === 499) return 'cancelled';
+  return status < 500 ? 'bad_request' : 'error';
 }
 
 export const METRIC_PREFIX = 'latent_decoder_';
@@ -79,13 +100,13 @@ export class Metrics {
     const models = (): ServedModel[] => [...(source.registry?.models.values() ?? [])];
     const encoders = (): ServedEncoder[] => [...(source.registry?.encoders.values() ?? [])];
     this.requests = new Counter({
-      name: name('requests_total'), help: 'Requests answered, by direction (decode, encode) and outcome (ok, rejected, timed_out, cancelled, bad_request, error)',
+      name: name('requests_total'), help: 'Requests, each once however it ended, by direction (decode, encode) and outcome (ok, rejected, timed_out, cancelled, bad_request, error); model "none" includes requests Node\'s HTTP parser refused',
       labelNames: ['model', 'direction', 'outcome'], registers,
       // The first of these metrics on a scrape: the counters below it are initialized in time.
       collect: () => this.initialize([...models().map((m) => [m.name, 'decode'] as const), ...encoders().map((m) => [m.name, 'encode'] as const)]),
     });
     this.requestSeconds = new Histogram({
-      name: name('request_duration_seconds'), help: 'Whole request, from the handler start to the answer, by direction and outcome',
+      name: name('request_duration_seconds'), help: 'Whole request, from its arrival to the answer, by direction and outcome',
       labelNames: ['model', 'direction', 'outcome'], buckets: SECONDS_BUCKETS, registers,
     });
     this.stageSeconds = new Histogram({
@@ -157,7 +178,46 @@ export class Metrics {
     return this.register.metrics();
   }
 
-  /** The decode and encode routes' observer: once per request. */
+  private readonly notes = new WeakMap<FastifyRequest, DecodeNote>();
+  private readonly counted = new WeakSet<FastifyRequest>();
+
+  /** The request's note, for its route to fill in. */
+  noteOf(req: FastifyRequest): DecodeNote {
+    let note = this.notes.get(req);
+    if (!note) this.notes.set(req, (note = { timings: {}, samples: 0 }));
+    return note;
+  }
+
+  /**
+   * Counts every request of `app`'s routes once, whatever ends it: its answer (onResponse), or
+   * its connection closing first (onRequestAbort): Node's own refusal when its parser closed it
+   * (408 at BODY_TIMEOUT_MS, 400), else a client abort (499). `seconds` runs from the request's arrival.
+   */
+  countRequests(app: FastifyInstance): void {
+    const arrivals = new WeakMap<FastifyRequest, number>();
+    const record = (req: FastifyRequest, status: number, seconds: number): void => {
+      if (this.counted.has(req)) return;
+      this.counted.add(req);
+      const note = this.notes.get(req) ?? { timings: {}, samples: 0 };
+      this.onDecode({ ...note, model: note.model, outcome: outcomeOf(status), seconds });
+    };
+    app.addHook('onRequest', async (req, reply) => {
+      arrivals.set(req, performance.now() - reply.elapsedTime);
+    });
+    app.addHook('onResponse', async (req, reply) => record(req, reply.statusCode, reply.elapsedTime / 1000));
+    app.addHook('onRequestAbort', async (req) => {
+      const arrival = arrivals.get(req);
+      const refusal = refusalOn(req.raw.socket);
+      record(req, refusal ? ErrorCodes[refusal.code] : 499, arrival === undefined ? 0 : (performance.now() - arrival) / 1000);
+    });
+  }
+
+  /** A request Node's HTTP parser answered (400, 408, 431) before any route saw it: model "none". */
+  readonly onUnrouted = (status: number): void => {
+    this.requests.inc({ model: 'none', direction: 'decode', outcome: outcomeOf(status) });
+  };
+
+  /** Records one request's end (countRequests calls it once per request). */
   readonly onDecode = (e: DecodeEvent): void => {
     // "none" when the request failed before a model was chosen: never the client's model name.
     const model = e.model ?? 'none';
@@ -177,8 +237,8 @@ export class Metrics {
   readonly onBatch = (model: string, b: BatchInfo, direction: Direction = 'decode'): void => {
     const labels = { model, direction };
     this.batches.inc(labels);
-    this.batchSamples.inc(labels, b.samples);
-    this.batchSize.observe(labels, b.samples);
+    this.batchSamples.inc(labels, b.sampleCount);
+    this.batchSize.observe(labels, b.sampleCount);
     this.inferenceSeconds.observe(labels, b.runMs / 1000);
     if (!b.ok) this.batchFailures.inc(labels);
   };

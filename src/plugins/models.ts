@@ -8,6 +8,7 @@ import type { Config } from '../config.js';
 import type { Direction } from '../inference/protocol.js';
 import type { RunnerLogger } from '../inference/runner.js';
 import { ModelRegistry } from '../serving/registry.js';
+import type { ServedModel } from '../serving/served-model.js';
 
 declare module 'fastify' {
   interface FastifyInstance {
@@ -39,6 +40,11 @@ export class ModelHost {
   /** Loaded, warm, every worker running, not draining: what /readyz answers. */
   get ready(): boolean {
     return this.registry !== undefined && !this.draining && this.registry.healthy;
+  }
+
+  /** The same rule for one model (/v1/models `ready`): loaded and warmed, every worker running, not draining. */
+  modelReady(model: ServedModel): boolean {
+    return this.registry?.get(model.name) === model && !this.draining && model.healthy;
   }
 
   async load(): Promise<ModelRegistry> {

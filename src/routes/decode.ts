@@ -2,26 +2,19 @@
 // batcher (queue), the inference worker (infer), images/encode (encode); this file wires them to
 // the request, its deadline and its connection.
 import { errorCodes, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
-import { BatchTooLargeError, CancelledError, DeadlineError, QueueFullError } from '../batching/batcher.js';
+import { CancelledError, DeadlineError } from '../batching/batcher.js';
 import { ServiceError, toServiceError } from '../errors.js';
 import { CONTENT_TYPES, encodeImage } from '../images/encode.js';
 import type { OutputName } from '../inference/protocol.js';
 import { toDecoderSpace } from '../latents/fuse.js';
-import { formatFromAccept, parseOptions } from '../latents/options.js';
-import { bodyKind, checkBytes, checkShape, planLatents, readBody } from '../latents/parse.js';
-import type { DecodeEvent, Outcome, StageTimings } from '../plugins/metrics.js';
+import { formatFromAccept, parseOptions, type DecodeOptions } from '../latents/options.js';
+import { bodyKind, checkShape, planLatents, readBody, type BodyKind } from '../latents/parse.js';
+import type { StageTimings } from '../plugins/metrics.js';
 import type { ModelHost } from '../plugins/models.js';
+import { contentEncoding } from '../plugins/uploads.js';
 import { decodeSchema, documentOnly } from '../schemas.js';
-import type { ServedModel } from '../serving/served-model.js';
-import { decodeTiled, tilingFor } from '../serving/tiled.js';
-
-/** The metrics outcome of an answered status. */
-export function outcomeOf(status: number): Outcome {
-  if (status === 429) return 'rejected';
-  if (status === 504) return 'timed_out';
-  if (status === 499) return 'cancelled';
-  return status < 500 ? 'bad_request' : 'error';
-}
+import type { DecodeTicket, ServedModel } from '../serving/served-model.js';
+import { decodeTiled, queueDemand, tilingFor, type QueueDemand } from '../serving/tiled.js';
 
 /** The request's time budget, ms: X-Request-Timeout-Ms shortens REQUEST_TIMEOUT_MS, never lengthens it. */
 export function timeoutMs(req: FastifyRequest, max: number): number {
@@ -35,8 +28,8 @@ export function timeoutMs(req: FastifyRequest, max: number): number {
   return Math.min(v, max); // shortens, never lengthens
 }
 
-/** Bytes of a refused request's unread body worth draining to keep its connection open. */
-export const DRAIN_AT_MOST = 64 * 1024;
+/** Bytes of a refused request's unread body worth reading and discarding to keep its connection open. */
+export const DISCARD_AT_MOST = 64 * 1024;
 
 /** The loaded registry; SHUTTING_DOWN while draining, NOT_READY while loading. */
 export function registryOf(host: ModelHost): NonNullable<ModelHost['registry']> {
@@ -46,103 +39,89 @@ export function registryOf(host: ModelHost): NonNullable<ModelHost['registry']> 
 }
 
 function modelOf(registry: NonNullable<ModelHost['registry']>, name: string | undefined): ServedModel {
-  const model = registry.get(name);
-  if (!model) throw new ServiceError('MODEL_NOT_FOUND', `no model named ${JSON.stringify(name)}; available: ${registry.names.join(', ')}`);
-  return model;
-}
-
-/** The batcher would refuse these samples now: say so before reading or decoding anything more. */
-function admit(model: ServedModel, samples: number, maxQueueSize: number): void {
-  const b = model.batcher;
-  if (samples > maxQueueSize) throw toServiceError(new BatchTooLargeError(`${samples} samples is more than the queue holds (${maxQueueSize}); split the request`));
-  if (b.waitingSamples + samples > maxQueueSize) throw toServiceError(new QueueFullError(b.waitingSamples, b.retryAfter()));
+  return registry.resolve(name);
 }
 
 /**
- * The body into one buffer of its announced size, each chunk copied as it arrives. Fastify's own
- * parser keeps the chunks and copies them all when the body ends: one 20-40 ms task per 45 MB on a
- * busy machine, and with a few large bodies ending together, the /healthz answer waits for all.
+ * The decoder-space shape [N, C, h, w] a raw or .npy body will have, from the query string and
+ * Content-Length alone (checked against the model: 400s here); undefined when only the body says
+ * (a .npy without `shape` in the query, a raw body of unknown length without it).
  */
-function collectBody(req: FastifyRequest, payload: NodeJS.ReadableStream, done: (err: Error | null, body?: Buffer) => void): void {
-  const limit = req.routeOptions.bodyLimit ?? Infinity;
-  const declared = req.headers['content-length'] === undefined ? undefined : Number(req.headers['content-length']);
-  if (declared !== undefined && declared > limit) return done(new errorCodes.FST_ERR_CTP_BODY_TOO_LARGE());
-  // The announced size is allocated once the first MiB has arrived: a client that announces
-  // 64 MiB and sends nothing holds no more than that MiB.
-  const start = 1024 * 1024;
-  let body = Buffer.allocUnsafeSlow(declared !== undefined && Number.isSafeInteger(declared) ? Math.min(declared, start) : start);
-  let received = 0;
-  const finish = (err: Error | null, out?: Buffer): void => {
-    payload.removeListener('data', onData);
-    payload.removeListener('end', onEnd);
-    payload.removeListener('error', onEnd);
-    done(err, out);
-  };
-  const onData = (data: Buffer | string): void => {
-    const chunk = typeof data === 'string' ? Buffer.from(data) : data;
-    if (received + chunk.length > limit) return finish(new errorCodes.FST_ERR_CTP_BODY_TOO_LARGE());
-    if (received + chunk.length > body.length) {
-      if (declared !== undefined && received + chunk.length > declared) return finish(new errorCodes.FST_ERR_CTP_INVALID_CONTENT_LENGTH());
-      const grown = Buffer.allocUnsafeSlow(declared ?? Math.min(limit, Math.max(2 * body.length, received + chunk.length)));
-      body.copy(grown, 0, 0, received);
-      body = grown;
-    }
-    chunk.copy(body, received);
-    received += chunk.length;
-  };
-  const onEnd = (err?: Error): void => {
-    if (err) {
-      const status = (err as { statusCode?: unknown }).statusCode;
-      return finish(Object.assign(err, { statusCode: typeof status === 'number' && status >= 400 ? status : 400 }));
-    }
-    if (declared !== undefined && received !== declared) return finish(new errorCodes.FST_ERR_CTP_INVALID_CONTENT_LENGTH());
-    finish(null, body.subarray(0, received));
-  };
-  payload.on('data', onData);
-  payload.on('end', onEnd);
-  payload.on('error', onEnd);
-  payload.resume();
+function shapeBeforeBody(kind: BodyKind, opts: DecodeOptions, model: ServedModel, length: number | undefined): readonly number[] | undefined {
+  if (kind === 'npy' || length === undefined) return checkShape(opts, model)?.shape;
+  // planLatents needs the byte count only, not the bytes: the shape, or the square latent it implies.
+  return planLatents({ options: opts, byteLength: length, bytes: () => Promise.reject(new Error('not read yet')) }, model).shape;
 }
 
 export default async function decodeRoutes(app: FastifyInstance): Promise<void> {
   const cfg = app.config;
   const host = app.models;
+  /** Each admitted request's reservation, from before its body until its response has gone. */
+  const admitted = new WeakMap<FastifyRequest, { model: ServedModel; ticket: DecodeTicket }>();
+
+  /**
+   * Reserves in `model`'s queue everything decoding `shape` will queue (every tile when tiled),
+   * reusing the room the request already holds; 413 or 429 (Retry-After) when it cannot. The
+   * reservation is released when the response has gone or the connection closed, whichever
+   * comes first (and by the handler when it is done): an aborted request never keeps it.
+   */
+  function admit(req: FastifyRequest, reply: FastifyReply, model: ServedModel, { demands, wording }: QueueDemand): DecodeTicket {
+    const held = admitted.get(req);
+    if (held?.model === model) {
+      held.ticket.replace(demands, wording);
+      return held.ticket;
+    }
+    held?.ticket.release();
+    const ticket = model.batcher.reserve(demands, wording);
+    admitted.set(req, { model, ticket });
+    reply.raw.once('close', () => ticket.release());
+    return ticket;
+  }
   // This plugin's own context: the other routes keep the app's parser.
   app.removeAllContentTypeParsers();
-  app.addContentTypeParser('*', (req, payload, done) => collectBody(req, payload, done));
+  /** Each request's deadline (performance.now() ms): REQUEST_TIMEOUT_MS or X-Request-Timeout-Ms from its arrival. */
+  const deadlines = new WeakMap<FastifyRequest, number>();
+  const deadlineOf = (req: FastifyRequest, reply: FastifyReply): number => {
+    let deadline = deadlines.get(req);
+    if (deadline === undefined) deadlines.set(req, (deadline = performance.now() - reply.elapsedTime + timeoutMs(req, cfg.requestTimeoutMs)));
+    return deadline;
+  };
+  // The body reader refuses a body still arriving at the deadline.
+  app.addContentTypeParser('*', (req, payload, done) => app.uploads.read(req, payload, { limit: req.routeOptions.bodyLimit ?? cfg.bodyLimitBytes, deadline: deadlines.get(req) }, done));
+  app.metrics.countRequests(app);
 
   /**
    * Before the body is read, from the query string and headers alone: a request the service will
-   * refuse (draining, loading, unknown model, full queue, a bad shape or byte count) is answered
-   * without reading, buffering or parsing its megabytes. The handler checks everything again.
+   * refuse (draining, loading, unknown model, a bad shape or byte count, tiles, a full queue — in
+   * that order, queue room last) is answered without reading, buffering or parsing its megabytes,
+   * and one it admits holds room for everything it will queue. The handler checks again.
    */
   async function precheck(req: FastifyRequest, reply: FastifyReply): Promise<void> {
-    const start = performance.now();
-    let model: ServedModel | undefined;
     try {
       const registry = registryOf(host);
-      timeoutMs(req, cfg.requestTimeoutMs);
+      deadlineOf(req, reply);
       const kind = bodyKind(req.headers['content-type']);
-      const length = req.headers['content-length'] === undefined ? undefined : Number(req.headers['content-length']);
+      // A compressed body's Content-Length says nothing of its decompressed size: read to see.
+      const compressed = contentEncoding(req.headers) !== 'identity';
+      const length = req.headers['content-length'] === undefined || compressed ? undefined : Number(req.headers['content-length']);
       if (length !== undefined && length > (req.routeOptions.bodyLimit ?? Infinity)) throw new errorCodes.FST_ERR_CTP_BODY_TOO_LARGE();
       const query = req.query as Record<string, unknown>;
       // A JSON body carries its options, the model among them: its checks wait for the fields
       // (read without parsing the latents, see json-body.ts).
       if (kind === 'json') return;
       const opts = parseOptions(query);
-      model = modelOf(registry, opts.model);
-      const resolved = kind === 'raw' ? checkShape(opts, model) : undefined;
-      admit(model, resolved?.shape[0] ?? 1, cfg.maxQueueSize);
+      const model = modelOf(registry, opts.model);
+      app.metrics.noteOf(req).model = model.name;
       if (length === 0) throw new ServiceError('EMPTY_BODY', 'the request body is empty: send the latents as raw bytes, a .npy file or JSON');
-      if (resolved && length !== undefined) checkBytes(opts, resolved.wireShape, length);
+      const shape = shapeBeforeBody(kind, opts, model, length);
+      // A shape only the body says: hold room for one sample until it is read.
+      admit(req, reply, model, shape ? queueDemand(shape, tilingFor(shape, opts, cfg)) : { demands: [{ sampleCount: 1 }], wording: {} });
     } catch (e) {
       // Fastify's body-limit error stays itself: the app's error handler words it.
       const err = e instanceof errorCodes.FST_ERR_CTP_BODY_TOO_LARGE ? e : toServiceError(e);
-      const status = err instanceof ServiceError ? err.status : 413;
-      app.metrics.onDecode({ model: model?.name, outcome: outcomeOf(status), seconds: (performance.now() - start) / 1000, timings: {}, samples: 0 });
-      // Closing, not draining, the connection: Node would otherwise read the unread body to its
-      // end. A small body costs less to drain than the client's reconnection.
-      if (Number(req.headers['content-length'] ?? Infinity) > DRAIN_AT_MOST) reply.header('connection', 'close');
+      // Closing the connection: Node would otherwise read the unread body to its
+      // end. A small body costs less to read and discard than the client's reconnection.
+      if (Number(req.headers['content-length'] ?? Infinity) > DISCARD_AT_MOST) reply.header('connection', 'close');
       throw err;
     }
   }
@@ -156,11 +135,8 @@ export default async function decodeRoutes(app: FastifyInstance): Promise<void> 
     },
   }, async (req: FastifyRequest, reply: FastifyReply) => {
     const start = performance.now();
-    const timings: StageTimings = {};
-    let modelName: string | undefined;
-    let samples = 0;
-    const done = (outcome: Outcome, format?: DecodeEvent['format']): void =>
-      app.metrics.onDecode({ model: modelName, outcome, seconds: (performance.now() - start) / 1000, timings, samples, format });
+    const note = app.metrics.noteOf(req);
+    const timings = note.timings;
     const registry = registryOf(host);
 
     const controller = new AbortController();
@@ -171,25 +147,28 @@ export default async function decodeRoutes(app: FastifyInstance): Promise<void> 
     let timer: NodeJS.Timeout | undefined;
     host.inflight++;
     try {
-      const deadline = start + timeoutMs(req, cfg.requestTimeoutMs);
+      const deadline = deadlineOf(req, reply);
+      if (start >= deadline) throw new DeadlineError('the request\'s deadline passed while its body was being received');
       timer = setTimeout(() => controller.abort(new DeadlineError('the request did not finish before its deadline')), deadline - performance.now());
 
       const wire = readBody(bodyKind(req.headers['content-type']), req.body as Buffer | undefined, req.query as Record<string, unknown>);
       const opts = wire.options;
       const model = modelOf(registry, opts.model);
-      modelName = model.name;
+      note.model = model.name;
       const plan = planLatents(wire, model);
-      samples = plan.shape[0];
-      admit(model, samples, cfg.maxQueueSize);
+      note.samples = plan.shape[0];
+      const tiling = tilingFor(plan.shape, opts, cfg);
+      // The room held since the headers covers this shape exactly, unless the body alone said it.
+      const ticket = admit(req, reply, model, queueDemand(plan.shape, tiling));
       const tensor = await toDecoderSpace(plan, await wire.bytes());
       timings.parse = performance.now() - start;
 
       const wantsFloat = opts.outputType === 'tensor' && !opts.partialPostprocess;
       const fetch: OutputName[] = [wantsFloat ? 'sample' : 'image'];
-      const tiling = tilingFor(tensor.shape, opts, cfg);
+      const run = { ticket, deadline, signal: controller.signal };
       const decoded = tiling
-        ? await decodeTiled(model, tensor, tiling, fetch, { deadline, signal: controller.signal, maxBatchSize: cfg.maxBatchSize, maxBatchLatentPixels: cfg.maxBatchLatentPixels, maxQueueSize: cfg.maxQueueSize })
-        : await model.decode(tensor, fetch, { deadline, signal: controller.signal });
+        ? await decodeTiled(model, tensor, tiling, fetch, { ...run, maxBatchSize: cfg.maxBatchSize, maxBatchLatentPixels: cfg.maxBatchLatentPixels })
+        : await model.decode(tensor, fetch, run);
       timings.queue = decoded.queueMs;
       timings.infer = decoded.runMs;
       // Dropped before encoding: nobody would read the image.
@@ -199,12 +178,12 @@ export default async function decodeRoutes(app: FastifyInstance): Promise<void> 
       if (opts.outputType === 'tensor') {
         const { n, height, width } = decoded;
         const [shape, dtype, data] = wantsFloat
-          ? [[n, 3, height, width], 'float32', decoded.samples!]
+          ? [[n, 3, height, width], 'float32', decoded.sample!]
           : [[n, height, width, 3], 'uint8', concat(decoded.images!)];
         reply.header('shape', JSON.stringify(shape)).header('dtype', dtype).type('application/octet-stream');
         timings.encode = performance.now() - t;
         reply.header('server-timing', serverTiming(timings, reply));
-        done('ok', 'tensor');
+        note.format = 'tensor';
         return Buffer.from(data.buffer, data.byteOffset, data.byteLength);
       }
       const format = opts.format ?? formatFromAccept(req.headers.accept);
@@ -212,16 +191,15 @@ export default async function decodeRoutes(app: FastifyInstance): Promise<void> 
       const images = await Promise.all(decoded.images!.map((px) => encodeImage(px, decoded.width, decoded.height, enc)));
       timings.encode = performance.now() - t;
       reply.header('server-timing', serverTiming(timings, reply));
-      done('ok', format);
+      note.format = format;
       if (images.length === 1) return reply.type(CONTENT_TYPES[format]).send(images[0]);
       return { images: images.map((b) => ({ contentType: CONTENT_TYPES[format], data: b.toString('base64') })) };
     } catch (e) {
-      const err = toServiceError(e);
-      done(outcomeOf(err.status));
-      throw err;
+      throw toServiceError(e);
     } finally {
       clearTimeout(timer);
       reply.raw.off('close', onClose);
+      admitted.get(req)?.ticket.release();
       host.inflight--;
     }
   });

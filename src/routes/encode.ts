@@ -1,41 +1,22 @@
 // POST /encode: HTTP only. The stages live in their modules: encoding/input (parse: the body to
 // the encoder's input), the encoder's batcher (queue), the inference worker (infer),
 // encoding/latents-out (encode: the latents into the answer's space, order and dtype).
-import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
-import { BatchTooLargeError, CancelledError, DeadlineError, QueueFullError } from '../batching/batcher.js';
+import { errorCodes, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
+import type { Demand, ReserveWording } from '../batching/batcher.js';
+import { CancelledError, DeadlineError } from '../batching/batcher.js';
 import { ServiceError, toServiceError } from '../errors.js';
 import { encodeBodyKind, readEncodeBody, type EncodeLimits } from '../encoding/input.js';
-import type { EncodeOptions } from '../encoding/options.js';
-import { parseEncodeOptions } from '../encoding/options.js';
 import { writeLatents, type LatentsOut } from '../encoding/latents-out.js';
-import { encodeTiled } from '../encoding/tiled.js';
-import { tilingFor } from '../serving/tiled.js';
+import { parseEncodeOptions, type EncodeOptions } from '../encoding/options.js';
+import { encodeTiled, tiledEncodeDemand } from '../encoding/tiled.js';
 import type { Raw } from '../latents/options.js';
-import type { Outcome, StageTimings } from '../plugins/metrics.js';
-import type { ModelRegistry } from '../serving/registry.js';
-import { VAE_SCALE_FACTOR, type ServedEncoder } from '../serving/served-encoder.js';
+import { contentEncoding } from '../plugins/uploads.js';
 import { documentOnly, encodeSchema } from '../schemas.js';
+import { encodeDemand, VAE_SCALE_FACTOR, type EncodeTicket, type ServedEncoder } from '../serving/served-encoder.js';
+import { tilingFor, type TileSettings } from '../serving/tiled.js';
 import { BYTES_PER_ELEMENT } from '../tensor/dtype.js';
 import { encodeNpy } from '../tensor/npy.js';
-import { DRAIN_AT_MOST, outcomeOf, registryOf, serverTiming, timeoutMs } from './decode.js';
-
-/** The model's encoder; ENCODER_NOT_FOUND naming the models that encode. */
-function encoderOf(registry: ModelRegistry, name: string | undefined): ServedEncoder {
-  const enc = registry.encoder(name);
-  if (enc) return enc;
-  const can = [...registry.encoders.keys()];
-  const which = can.length > 0 ? `models that encode: ${can.join(', ')}` : 'no served model has an encoder (convert weights that hold one: encoder.onnx beside model.onnx)';
-  if (name === undefined) throw new ServiceError('ENCODER_NOT_FOUND', `the default model ${registry.defaultName} has no encoder; ${which}`);
-  const known = registry.allNames.includes(name);
-  throw new ServiceError('ENCODER_NOT_FOUND', `${known ? `model ${JSON.stringify(name)} has no encoder` : `no model named ${JSON.stringify(name)}`}; ${which}`);
-}
-
-/** The encoder's queue would refuse these samples now: say so before decoding any pixel. */
-function admit(enc: ServedEncoder, samples: number, maxQueueSize: number): void {
-  const b = enc.batcher;
-  if (samples > maxQueueSize) throw toServiceError(new BatchTooLargeError(`${samples} images is more than the queue holds (${maxQueueSize}); split the request`));
-  if (b.waitingSamples + samples > maxQueueSize) throw toServiceError(new QueueFullError(b.waitingSamples, b.retryAfter()));
-}
+import { DISCARD_AT_MOST, registryOf, serverTiming, timeoutMs } from './decode.js';
 
 /** Sides are multiples of 16 when the answer is packed or the model's space is patchified (FLUX.2), else 8. */
 function limitsFor(enc: ServedEncoder, o: EncodeOptions, maxImagePixels: number, maxLatentSide: number): EncodeLimits {
@@ -43,35 +24,71 @@ function limitsFor(enc: ServedEncoder, o: EncodeOptions, maxImagePixels: number,
   return { factor: VAE_SCALE_FACTOR * patch, maxImagePixels, maxLatentSide };
 }
 
+/** Everything encoding [N, 3, H, W] queues: N images, or every tile of them. */
+function demandOf(shape: readonly number[], tiling: TileSettings | undefined): { demands: Demand[]; wording: ReserveWording } {
+  return tiling ? tiledEncodeDemand(shape, tiling) : encodeDemand(shape);
+}
+
 export default async function encodeRoutes(app: FastifyInstance): Promise<void> {
   const cfg = app.config;
   const host = app.models;
+  /** Each admitted request's reservation, from before its body until its response has gone (as /decode's). */
+  const admitted = new WeakMap<FastifyRequest, { enc: ServedEncoder; ticket: EncodeTicket }>();
+  function admit(req: FastifyRequest, reply: FastifyReply, enc: ServedEncoder, { demands, wording }: { demands: Demand[]; wording: ReserveWording }): EncodeTicket {
+    const held = admitted.get(req);
+    if (held?.enc === enc) {
+      held.ticket.replace(demands, wording);
+      return held.ticket;
+    }
+    held?.ticket.release();
+    const ticket = enc.batcher.reserve(demands, wording);
+    admitted.set(req, { enc, ticket });
+    reply.raw.once('close', () => ticket.release());
+    return ticket;
+  }
+  const tiling = (shape: readonly number[], o: EncodeOptions): TileSettings | undefined =>
+    tilingFor([shape[0]!, 3, shape[2]! / VAE_SCALE_FACTOR, shape[3]! / VAE_SCALE_FACTOR], o, cfg);
 
-  /** From the query string and headers, before the body is read: draining, loading, model, options, queue room. */
+  app.removeAllContentTypeParsers();
+  const deadlines = new WeakMap<FastifyRequest, number>();
+  const deadlineOf = (req: FastifyRequest, reply: FastifyReply): number => {
+    let deadline = deadlines.get(req);
+    if (deadline === undefined) deadlines.set(req, (deadline = performance.now() - reply.elapsedTime + timeoutMs(req, cfg.requestTimeoutMs)));
+    return deadline;
+  };
+  app.addContentTypeParser('*', (req, payload, done) => app.uploads.read(req, payload, { limit: req.routeOptions.bodyLimit ?? cfg.bodyLimitBytes, deadline: deadlines.get(req) }, done));
+  app.metrics.countRequests(app);
+
+  /**
+   * From the query string and headers, before the body is read: draining, loading, the model's
+   * encoder, options, a tensor's byte count, queue room (an image holds room for one until its
+   * header is read). A refused large body is not read to its end.
+   */
   async function precheck(req: FastifyRequest, reply: FastifyReply): Promise<void> {
-    const start = performance.now();
-    let model: string | undefined;
+    const note = app.metrics.noteOf(req);
+    note.direction = 'encode';
     try {
       const registry = registryOf(host);
-      timeoutMs(req, cfg.requestTimeoutMs);
+      deadlineOf(req, reply);
       const kind = encodeBodyKind(req.headers['content-type']);
+      const compressed = contentEncoding(req.headers) !== 'identity';
+      const length = req.headers['content-length'] === undefined || compressed ? undefined : Number(req.headers['content-length']);
+      if (length !== undefined && length > (req.routeOptions.bodyLimit ?? Infinity)) throw new errorCodes.FST_ERR_CTP_BODY_TOO_LARGE();
       if (kind === 'json') return; // its options are in the body
       const opts = parseEncodeOptions(req.query as Record<string, Raw>);
-      const enc = encoderOf(registry, opts.model);
-      model = enc.name;
-      const s = kind === 'raw' ? opts.shape : undefined;
-      admit(enc, s ? (s.length === 4 ? s[0]! : 1) : 1, cfg.maxQueueSize);
-      const length = req.headers['content-length'] === undefined ? undefined : Number(req.headers['content-length']);
+      const enc = registry.encoder(opts.model);
+      note.model = enc.name;
       if (length === 0) throw new ServiceError('EMPTY_BODY', 'the request body is empty: send an image (PNG, JPEG, WebP) or a tensor [N, 3, H, W]');
+      const s = kind === 'raw' ? opts.shape : undefined;
       const want = s ? s.reduce((a, d) => a * d, 1) * BYTES_PER_ELEMENT[opts.dtype] : undefined;
       if (want !== undefined && length !== undefined && length !== want) {
         throw new ServiceError('SIZE_MISMATCH', `shape ${s!.join('x')} ${opts.dtype} needs ${want} bytes, got ${length}`);
       }
+      const shape = s && s.length === 4 && s[2]! % VAE_SCALE_FACTOR === 0 && s[3]! % VAE_SCALE_FACTOR === 0 ? s : undefined;
+      admit(req, reply, enc, shape ? demandOf(shape, tiling(shape, opts)) : { demands: [{ sampleCount: 1 }], wording: {} });
     } catch (e) {
-      const err = toServiceError(e);
-      app.metrics.onDecode({ model, direction: 'encode', outcome: outcomeOf(err.status), seconds: (performance.now() - start) / 1000, timings: {}, samples: 0 });
-      // as on /decode: a refused large body is not read to its end
-      if (Number(req.headers['content-length'] ?? Infinity) > DRAIN_AT_MOST) reply.header('connection', 'close');
+      const err = e instanceof errorCodes.FST_ERR_CTP_BODY_TOO_LARGE ? e : toServiceError(e);
+      if (Number(req.headers['content-length'] ?? Infinity) > DISCARD_AT_MOST) reply.header('connection', 'close');
       throw err;
     }
   }
@@ -85,11 +102,9 @@ export default async function encodeRoutes(app: FastifyInstance): Promise<void> 
     },
   }, async (req: FastifyRequest, reply: FastifyReply) => {
     const start = performance.now();
-    const timings: StageTimings = {};
-    let modelName: string | undefined;
-    let samples = 0;
-    const done = (outcome: Outcome): void =>
-      app.metrics.onDecode({ model: modelName, direction: 'encode', outcome, seconds: (performance.now() - start) / 1000, timings, samples, format: 'tensor' });
+    const note = app.metrics.noteOf(req);
+    note.direction = 'encode';
+    const timings = note.timings;
     const registry = registryOf(host);
     const controller = new AbortController();
     const onClose = (): void => {
@@ -99,31 +114,34 @@ export default async function encodeRoutes(app: FastifyInstance): Promise<void> 
     let timer: NodeJS.Timeout | undefined;
     host.inflight++;
     try {
-      const deadline = start + timeoutMs(req, cfg.requestTimeoutMs);
+      const deadline = deadlineOf(req, reply);
+      if (start >= deadline) throw new DeadlineError('the request\'s deadline passed while its body was being received');
       timer = setTimeout(() => controller.abort(new DeadlineError('the request did not finish before its deadline')), deadline - performance.now());
       const kind = encodeBodyKind(req.headers['content-type']);
       const query = req.query as Record<string, Raw>;
       // the model, named by the options (a JSON body's among its fields), decides the factor (16 for FLUX.2's patches)
       let chosen: ServedEncoder | undefined;
       const input = await readEncodeBody(kind, req.body as Buffer | undefined, query, (o) => {
-        chosen = encoderOf(registry, o.model);
-        modelName = chosen.name;
+        chosen = registry.encoder(o.model);
+        note.model = chosen.name;
         return limitsFor(chosen, o, cfg.maxImagePixels, cfg.maxLatentSide);
       });
       const model = chosen!;
       const opts = input.options;
-      samples = input.shape[0];
-      admit(model, samples, cfg.maxQueueSize);
+      note.samples = input.shape[0];
+      const [n, , h, w] = input.shape;
+      // above the untiled size, diffusers' tiled_encode (tilingFor throws for sizes that cannot be encoded at all)
+      const tiles = tiling(input.shape, opts);
+      // the room held since the headers, resized to what this request queues
+      const ticket = admit(req, reply, model, demandOf(input.shape, tiles));
       const pixels = await input.pixels();
       timings.parse = performance.now() - start;
 
       const sample = opts.sampleMode === 'sample' && model.hasStd;
-      const [n, , h, w] = input.shape;
-      // above the untiled size, diffusers' tiled_encode (tilingFor throws for sizes that cannot be encoded at all)
-      const tiling = tilingFor([n, 3, h / VAE_SCALE_FACTOR, w / VAE_SCALE_FACTOR], opts, cfg);
-      const res = tiling
-        ? await encodeTiled(model, pixels, input.shape, tiling, { deadline, signal: controller.signal, std: sample, maxBatchSize: cfg.maxBatchSize, maxBatchLatentPixels: cfg.maxBatchLatentPixels, maxQueueSize: cfg.maxQueueSize })
-        : await model.encode(pixels, input.shape, { deadline, signal: controller.signal, std: sample });
+      const run = { ticket, deadline, signal: controller.signal, std: sample };
+      const res = tiles
+        ? await encodeTiled(model, pixels, input.shape, tiles, { ...run, maxBatchSize: cfg.maxBatchSize, maxBatchLatentPixels: cfg.maxBatchLatentPixels })
+        : await model.encode(pixels, input.shape, run);
       timings.queue = res.queueMs;
       timings.infer = res.runMs;
       if (controller.signal.aborted) throw controller.signal.reason;
@@ -142,15 +160,14 @@ export default async function encodeRoutes(app: FastifyInstance): Promise<void> 
       const body = answer(out, req.headers.accept, reply, opts.pack ? { height: h, width: w } : undefined);
       timings.encode = performance.now() - t;
       reply.header('server-timing', serverTiming(timings, reply));
-      done('ok');
+      note.format = 'tensor';
       return body;
     } catch (e) {
-      const err = toServiceError(e);
-      done(outcomeOf(err.status));
-      throw err;
+      throw toServiceError(e);
     } finally {
       clearTimeout(timer);
       reply.raw.off('close', onClose);
+      admitted.get(req)?.ticket.release();
       host.inflight--;
     }
   });

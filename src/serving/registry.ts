@@ -2,67 +2,130 @@
 // of the model repository (MODELS_DIR/<name>/model.onnx + config.json). Each gets its own
 // inference worker and batcher. Names only ever index this map: a request's model name never
 // becomes a path.
-import { existsSync } from 'node:fs';
-import { readdir, readFile } from 'node:fs/promises';
+import { readdir } from 'node:fs/promises';
 import path from 'node:path';
 import type { Config } from '../config.js';
+import { checkRegularFile, exists, FileRefusedError, kindOf, readRegularFile, statOnce } from '../files.js';
 import { availableProviders } from '../inference/providers.js';
-import type { RunnerLogger, RunnerOptions } from '../inference/runner.js';
+import { ModelDefectError, type RunnerLogger, type RunnerOptions } from '../inference/runner.js';
 import { CONFIG_FILE, ENCODER_FILE, FAMILY_NAMES, MODEL_FILE, isFamily, type ModelConfigFile } from './model-config.js';
 import { buildPreviewDecoder, PREVIEW_MODEL_NAME, PREVIEW_SCALING_FACTOR } from '../onnx/preview.js';
 import { ServedEncoder } from './served-encoder.js';
 import { ServedModel, type BatchListener, type ModelSpec } from './served-model.js';
+import { ServiceError } from '../errors.js';
 
 const NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
+/** A config.json is a few hundred bytes; anything past this is not one. */
+const MAX_CONFIG_BYTES = 1024 * 1024;
 
-async function readJson(file: string): Promise<ModelConfigFile> {
+/**
+ * A config.json or MODEL_PATH sidecar: a JSON object whose known fields have their types
+ * (name, source: strings; latentChannels: a positive integer; scalingFactor (not 0),
+ * shiftFactor: finite numbers; precision: fp32|fp16; family: a known family). Unknown fields
+ * (the KL VAE's ch, chMult, ... that `convert` records) are kept.
+ * @throws Error naming the file and the field
+ */
+export async function readModelConfig(file: string): Promise<ModelConfigFile> {
   let doc: unknown;
   try {
-    doc = JSON.parse(await readFile(file, 'utf8'));
+    doc = JSON.parse((await readRegularFile(file, MAX_CONFIG_BYTES, 'the 1 MiB a config file may have')).toString('utf8'));
   } catch (e) {
-    throw new Error(`${file}: ${(e as Error).message}`);
+    throw new Error(e instanceof FileRefusedError ? e.message : `${file}: ${(e as Error).message}`);
   }
-  if (typeof doc !== 'object' || doc === null) throw new Error(`${file}: expected a JSON object`);
+  const kind = Array.isArray(doc) ? 'an array' : doc === null ? 'null' : typeof doc;
+  if (typeof doc !== 'object' || doc === null || Array.isArray(doc)) throw new Error(`${file}: expected a JSON object, got ${kind}`);
   const c = doc as Record<string, unknown>;
   for (const k of ['scalingFactor', 'shiftFactor', 'latentChannels'] as const) {
-    if (c[k] !== undefined && (typeof c[k] !== 'number' || !Number.isFinite(c[k]))) throw new Error(`${file}: ${k} must be a number`);
+    if (c[k] !== undefined && (typeof c[k] !== 'number' || !Number.isFinite(c[k]))) throw new Error(`${file}: ${k} must be a number, got ${JSON.stringify(c[k])}`);
   }
+  if (c.latentChannels !== undefined && !(Number.isInteger(c.latentChannels) && (c.latentChannels as number) > 0)) {
+    throw new Error(`${file}: latentChannels must be a positive integer, got ${JSON.stringify(c.latentChannels)}`);
+  }
+  for (const k of ['name', 'source'] as const) {
+    if (c[k] !== undefined && typeof c[k] !== 'string') throw new Error(`${file}: ${k} must be a string, got ${JSON.stringify(c[k])}`);
+  }
+  if (c.precision !== undefined && c.precision !== 'fp32' && c.precision !== 'fp16') throw new Error(`${file}: precision must be fp32 or fp16, got ${JSON.stringify(c.precision)}`);
   if (c.scalingFactor === 0) throw new Error(`${file}: scalingFactor must not be 0`);
   if (c.family !== undefined && !isFamily(c.family)) throw new Error(`${file}: family must be one of ${FAMILY_NAMES.join(', ')}, got ${JSON.stringify(c.family)}`);
   return c as ModelConfigFile;
 }
 
-/** The models a config asks for, before loading: name, file and sidecar settings. */
-export async function discoverModels(cfg: Config): Promise<ModelSpec[]> {
+/** Where discovery reports a repository entry it does not serve. */
+export interface DiscoveryLogger {
+  warn(obj: object, msg: string): void;
+}
+
+/**
+ * Why a repository entry is not a model folder, or undefined when it is one. A folder given as a
+ * symbolic link is followed once (to a directory); its model.onnx must be a regular file (a link
+ * followed once) within `maxBytes`.
+ */
+async function whyNotServed(entry: string, maxBytes: number): Promise<string | undefined> {
+  try {
+    const { target, stats } = await statOnce(entry);
+    if (!stats.isDirectory()) return `not a folder but ${kindOf(stats)}${target === entry ? '' : ` (a link to ${target})`}`;
+    const onnx = path.join(entry, MODEL_FILE);
+    const encoder = path.join(entry, ENCODER_FILE);
+    const [decodes, encodes] = [await exists(onnx), await exists(encoder)];
+    // a folder with encoder.onnx alone (a TAESD encoder file) serves /encode only
+    if (!decodes && !encodes) return `no ${MODEL_FILE} (nor ${ENCODER_FILE}) in it`;
+    if (decodes) await checkRegularFile(onnx, maxBytes, 'MAX_MODEL_BYTES');
+    if (encodes) await checkRegularFile(encoder, maxBytes, 'MAX_MODEL_BYTES');
+    return undefined;
+  } catch (e) {
+    return (e as Error).message; // FileRefusedError's names the path; Node's (EACCES, ELOOP) too
+  }
+}
+
+/**
+ * The models a config asks for, before loading: name, file and sidecar settings. A repository
+ * entry that is not a model folder is skipped with one warning naming why; hidden entries (a
+ * leading ".", e.g. the Hugging Face cache in `.cache`) silently. MODEL_PATH, named explicitly,
+ * and a bad config.json stop the start instead.
+ * @throws Error naming the file: MODEL_PATH missing or not a regular file, a bad config.json, a
+ *   name that is invalid or taken twice
+ */
+export async function discoverModels(cfg: Config, log?: DiscoveryLogger): Promise<ModelSpec[]> {
   const specs: ModelSpec[] = [{
     name: PREVIEW_MODEL_NAME, modelBytes: buildPreviewDecoder(), builtin: true,
     file: { latentChannels: 4, scalingFactor: PREVIEW_SCALING_FACTOR, shiftFactor: 0, precision: 'fp32', source: 'built-in linear preview (approximate)' },
   }];
   if (cfg.modelPath) {
     const file = path.resolve(cfg.modelPath);
-    if (!existsSync(file)) throw new Error(`MODEL_PATH=${cfg.modelPath}: no such file`);
+    if (!(await exists(file))) throw new Error(`MODEL_PATH=${cfg.modelPath}: no such file`);
+    await checkRegularFile(file, cfg.maxModelBytes, 'MAX_MODEL_BYTES').catch((e: Error) => { throw new Error(`MODEL_PATH=${e.message}`); });
     const base = file.replace(/\.onnx$/i, '');
     // `convert` writes <name>/model.onnx + config.json: such a file is named after its folder and
     // configured by the config.json beside it, as it would be in the model repository.
     const inRepoFolder = path.basename(file) === MODEL_FILE;
-    const sidecar = [`${base}.json`, `${file}.json`, ...(inRepoFolder ? [path.join(path.dirname(file), CONFIG_FILE)] : [])].find((f) => existsSync(f));
-    const conf = sidecar ? await readJson(sidecar) : {};
+    let sidecar: string | undefined;
+    for (const f of [`${base}.json`, `${file}.json`, ...(inRepoFolder ? [path.join(path.dirname(file), CONFIG_FILE)] : [])]) {
+      if (await exists(f)) { sidecar = f; break; }
+    }
+    const conf = sidecar ? await readModelConfig(sidecar) : {};
     const name = conf.name ?? (inRepoFolder ? path.basename(path.dirname(file)) : path.basename(base));
     const encoder = inRepoFolder ? path.join(path.dirname(file), ENCODER_FILE) : `${base}.encoder.onnx`;
-    specs.push({ name, modelPath: file, file: conf, builtin: false, ...(existsSync(encoder) ? { encoderPath: encoder } : {}) });
+    const encodes = await exists(encoder);
+    if (encodes) await checkRegularFile(encoder, cfg.maxModelBytes, 'MAX_MODEL_BYTES');
+    specs.push({ name, modelPath: file, file: conf, builtin: false, ...(encodes ? { encoderPath: encoder } : {}) });
   }
   const dir = path.resolve(cfg.modelsDir);
-  if (existsSync(dir)) {
-    for (const entry of (await readdir(dir, { withFileTypes: true })).sort((a, b) => a.name.localeCompare(b.name))) {
-      if (!entry.isDirectory() || entry.name.startsWith('.')) continue;
-      const onnx = path.join(dir, entry.name, MODEL_FILE);
-      const encoder = path.join(dir, entry.name, ENCODER_FILE);
-      const [decodes, encodes] = [existsSync(onnx), existsSync(encoder)];
-      if (!decodes && !encodes) continue;
-      const confFile = path.join(dir, entry.name, CONFIG_FILE);
-      const conf = existsSync(confFile) ? await readJson(confFile) : {};
-      // a folder with encoder.onnx alone (a TAESD encoder file) serves /encode only
-      specs.push({ name: conf.name ?? entry.name, ...(decodes ? { modelPath: onnx } : {}), ...(encodes ? { encoderPath: encoder } : {}), file: conf, builtin: false });
+  if (await exists(dir)) {
+    for (const entry of (await readdir(dir)).sort((a, b) => a.localeCompare(b))) {
+      if (entry.startsWith('.')) continue;
+      const folder = path.join(dir, entry);
+      const why = await whyNotServed(folder, cfg.maxModelBytes);
+      if (why !== undefined) {
+        log?.warn({ entry: folder, reason: why }, `model repository: skipping ${entry}: ${why}`);
+        continue;
+      }
+      const confFile = path.join(folder, CONFIG_FILE);
+      const conf = (await exists(confFile)) ? await readModelConfig(confFile) : {};
+      const [onnx, encoder] = [path.join(folder, MODEL_FILE), path.join(folder, ENCODER_FILE)];
+      specs.push({
+        name: conf.name ?? entry, file: conf, builtin: false,
+        ...((await exists(onnx)) ? { modelPath: onnx } : {}), ...((await exists(encoder)) ? { encoderPath: encoder } : {}),
+      });
     }
   }
   const seen = new Set<string>();
@@ -79,6 +142,11 @@ export class ModelRegistry {
   readonly models = new Map<string, ServedModel>();
   /** The encoders, by model name (a folder's encoder.onnx). */
   readonly encoders = new Map<string, ServedEncoder>();
+  /**
+   * Models that cannot serve (a weight holds NaN or ±Inf): name → why, naming the tensor. They
+   * keep the service unready and their requests get 503 MODEL_UNAVAILABLE, never a decode.
+   */
+  readonly unavailable = new Map<string, { spec: ModelSpec; reason: string }>();
   defaultName: string;
 
   private constructor(specs: ModelSpec[], private readonly cfg: Config) {
@@ -90,7 +158,7 @@ export class ModelRegistry {
   }
 
   static async load(cfg: Config, log: RunnerLogger, onBatch?: BatchListener, runnerOpts: RunnerOptions = {}): Promise<ModelRegistry> {
-    const specs = await discoverModels(cfg);
+    const specs = await discoverModels(cfg, log);
     const reg = new ModelRegistry(specs, cfg);
     const { usable, missing } = availableProviders(cfg.executionProviders);
     if (missing.length > 0) {
@@ -105,12 +173,17 @@ export class ModelRegistry {
       Promise.allSettled(decoders.map((s) => ServedModel.start(s, run, log, onBatch, runnerOpts))),
       Promise.allSettled(encoders.map((s) => ServedEncoder.start(s.name, s.encoderPath!, s.file, run, log, encodeBatch, runnerOpts))),
     ]);
-    const failed = [
-      ...loaded.flatMap((r, i) => (r.status === 'rejected' ? [`${decoders[i]!.name}: ${(r.reason as Error).message}`] : [])),
-      ...loadedEnc.flatMap((r, i) => (r.status === 'rejected' ? [`${encoders[i]!.name}: ${(r.reason as Error).message}`] : [])),
-    ];
-    for (const r of loaded) if (r.status === 'fulfilled') reg.models.set(r.value.name, r.value);
-    for (const r of loadedEnc) if (r.status === 'fulfilled') reg.encoders.set(r.value.name, r.value);
+    const failed: string[] = [];
+    const settle = <T>(r: PromiseSettledResult<T>, spec: ModelSpec, keep: (v: T) => void): void => {
+      const name = spec.name;
+      if (r.status === 'fulfilled') keep(r.value);
+      else if (r.reason instanceof ModelDefectError) {
+        reg.unavailable.set(name, { spec, reason: r.reason.message });
+        log.error({ model: name, reason: r.reason.message }, `model ${name} cannot serve: ${r.reason.message}`);
+      } else failed.push(`${name}: ${(r.reason as Error).message}`);
+    };
+    loaded.forEach((r, i) => settle(r, decoders[i]!, (m) => reg.models.set(m.name, m)));
+    loadedEnc.forEach((r, i) => settle(r, encoders[i]!, (e) => reg.encoders.set(e.name, e)));
     if (failed.length > 0) {
       await reg.close();
       throw new Error(`models failed to load: ${failed.join('; ')}`);
@@ -122,25 +195,56 @@ export class ModelRegistry {
     return this.models.get(name ?? this.defaultName);
   }
 
-  /** The encoder of a model; without a name, the default model's, else the first that encodes. */
-  encoder(name: string | undefined): ServedEncoder | undefined {
-    if (name !== undefined) return this.encoders.get(name);
-    return this.encoders.get(this.defaultName) ?? this.encoders.values().next().value;
+  /**
+   * The model a request names (the default model when it names none).
+   * @throws ServiceError MODEL_NOT_FOUND (404) for an unknown name, MODEL_UNAVAILABLE (503) for a
+   *   model whose weights are broken (the message says which tensor)
+   */
+  resolve(name: string | undefined): ServedModel {
+    const key = name ?? this.defaultName;
+    const model = this.models.get(key);
+    if (model) return model;
+    const broken = this.unavailable.get(key);
+    if (broken) throw new ServiceError('MODEL_UNAVAILABLE', `model ${key} cannot serve: ${broken.reason}`);
+    throw new ServiceError('MODEL_NOT_FOUND', `no model named ${JSON.stringify(name)}; available: ${this.names.join(', ')}`);
   }
 
-  /** Every model's every instance is running (none restarting or given up). */
+  /**
+   * The encoder a request names; without a name, the default model's, else the first that encodes.
+   * @throws ServiceError ENCODER_NOT_FOUND (404) naming the models that encode, MODEL_UNAVAILABLE (503)
+   */
+  encoder(name: string | undefined): ServedEncoder {
+    const enc = name !== undefined ? this.encoders.get(name) : this.encoders.get(this.defaultName) ?? this.encoders.values().next().value;
+    if (enc) return enc;
+    const broken = name !== undefined ? this.unavailable.get(name) : undefined;
+    if (broken) throw new ServiceError('MODEL_UNAVAILABLE', `model ${name} cannot serve: ${broken.reason}`);
+    const can = [...this.encoders.keys()];
+    const which = can.length > 0 ? `models that encode: ${can.join(', ')}` : 'no served model has an encoder (convert weights that hold one: encoder.onnx beside model.onnx)';
+    if (name === undefined) throw new ServiceError('ENCODER_NOT_FOUND', `the default model ${this.defaultName} has no encoder; ${which}`);
+    const known = this.allNames.includes(name);
+    throw new ServiceError('ENCODER_NOT_FOUND', `${known ? `model ${JSON.stringify(name)} has no encoder` : `no model named ${JSON.stringify(name)}`}; ${which}`);
+  }
+
+  /** Every model's every instance is running (none restarting or given up), none unavailable. */
   get healthy(): boolean {
-    return [...this.models.values(), ...this.encoders.values()].every((m) => m.healthy);
-  }
-
-  /** The models /decode serves. */
-  get names(): string[] {
-    return [...this.models.keys()];
+    return this.unavailable.size === 0 && [...this.models.values(), ...this.encoders.values()].every((m) => m.healthy);
   }
 
   /** Every model name, decode or encode, in load order. */
   get allNames(): string[] {
     return [...new Set([...this.models.keys(), ...this.encoders.keys()])];
+  }
+
+  /** Why the registry is not healthy, in words (undefined when it is). */
+  get problem(): string | undefined {
+    const broken = [...this.unavailable].map(([name, u]) => `model ${name} cannot serve: ${u.reason}`);
+    if (broken.length > 0) return broken.join('; ');
+    const restarting = [...this.models.values(), ...this.encoders.values()].filter((m) => !m.healthy).map((m) => m.name);
+    return restarting.length > 0 ? `the inference worker of ${restarting.join(', ')} is restarting` : undefined;
+  }
+
+  get names(): string[] {
+    return [...this.models.keys()];
   }
 
   get config(): Config {

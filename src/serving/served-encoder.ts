@@ -3,7 +3,7 @@
 // a queue of its own under the same limits (MAX_BATCH_SIZE, MAX_BATCH_LATENT_PIXELS of latent
 // area, MAX_QUEUE_SIZE, MAX_QUEUE_DELAY_MS, MODEL_INSTANCES). Requests batch by image size.
 import type { Config } from '../config.js';
-import { Batcher, type Batch, type BatchInfo } from '../batching/batcher.js';
+import { Batcher, type Batch, type BatchInfo, type BatchTicket, type Demand, type ReserveWording } from '../batching/batcher.js';
 import { ServiceError } from '../errors.js';
 import type { OutputName } from '../inference/protocol.js';
 import { InferenceRunner, type RunnerLogger, type RunnerOptions, type RunResult } from '../inference/runner.js';
@@ -21,7 +21,19 @@ interface Payload {
 }
 
 interface BatchResult extends RunResult {
-  samples: number;
+  sampleCount: number;
+}
+
+/** Room in an encoder's queue held for one request: what `encode` submits against. */
+export type EncodeTicket = BatchTicket<Payload, BatchResult>;
+
+/** The batcher key of [N, 3, H, W] images: what can share a run is one image size. */
+export const encodeKey = (h: number, w: number): string => `${h}x${w}`;
+
+/** What encoding [N, 3, H, W] images in one piece queues: N samples of cost (H/8)·(W/8) latents. */
+export function encodeDemand(shape: readonly number[]): { demands: Demand[]; wording: ReserveWording } {
+  const [n, , h, w] = shape as [number, number, number, number];
+  return { demands: [{ key: encodeKey(h, w), sampleCount: n, cost: (h / VAE_SCALE_FACTOR) * (w / VAE_SCALE_FACTOR) }], wording: { unit: 'images' } };
 }
 
 export interface Encoded {
@@ -30,6 +42,15 @@ export interface Encoded {
   std?: Float32Array;
   queueMs: number;
   runMs: number;
+}
+
+export interface EncodeRunOptions {
+  /** The request's reservation: the samples are drawn from it. */
+  ticket: EncodeTicket;
+  deadline?: number;
+  signal?: AbortSignal;
+  /** Also the posterior's std (KL encoders). */
+  std?: boolean;
 }
 
 export type EncodeBatchListener = (model: string, info: BatchInfo) => void;
@@ -86,15 +107,15 @@ export class ServedEncoder {
 
   /**
    * Queues images float32 [n, 3, H, W] in [-1, 1] (H, W multiples of 8); resolves with the
-   * posterior mean (and std when asked and the encoder has one), [n, C, H/8, W/8]. Rejects as
-   * Batcher.submit does (QueueFullError, BatchTooLargeError, DeadlineError, the signal's reason)
-   * or with INFERENCE_FAILED.
+   * posterior mean (and std when asked and the encoder has one), [n, C, H/8, W/8]. The samples
+   * are drawn from the request's ticket (`batcher.reserve(encodeDemand(shape).demands)`). Rejects
+   * with DeadlineError, the signal's reason, or INFERENCE_FAILED.
    */
-  async encode(images: Float32Array, shape: readonly [number, number, number, number], opts: { deadline?: number; signal?: AbortSignal; std?: boolean }): Promise<Encoded> {
+  async encode(images: Float32Array, shape: readonly [number, number, number, number], opts: EncodeRunOptions): Promise<Encoded> {
     const [n, , h, w] = shape;
     const fetch: OutputName[] = opts.std && this.hasStd ? ['mean', 'std'] : ['mean'];
     const cost = (h / VAE_SCALE_FACTOR) * (w / VAE_SCALE_FACTOR);
-    const res = await this.batcher.submit(`${h}x${w}`, { images, fetch }, n, { deadline: opts.deadline, signal: opts.signal, cost });
+    const res = await opts.ticket.submit(encodeKey(h, w), { images, fetch }, n, { deadline: opts.deadline, signal: opts.signal });
     const per = this.latentChannels * cost;
     const gather = (key: 'mean' | 'std'): Float32Array => {
       const out = new Float32Array(n * per);
@@ -107,7 +128,7 @@ export class ServedEncoder {
   private async runBatch(batch: Batch<Payload>): Promise<BatchResult> {
     const [h, w] = batch.key.split('x').map(Number) as [number, number];
     const per = 3 * h * w;
-    const data = new Float32Array(batch.samples * per);
+    const data = new Float32Array(batch.sampleCount * per);
     const fetch = new Set<OutputName>();
     let row = 0;
     for (const s of batch.slices) {
@@ -116,10 +137,10 @@ export class ServedEncoder {
       for (const f of s.payload.fetch) fetch.add(f);
     }
     try {
-      const r = await this.runners[batch.slot]!.run(data, [batch.samples, 3, h, w], [...fetch]);
-      return { ...r, samples: batch.samples };
+      const r = await this.runners[batch.slot]!.run(data, [batch.sampleCount, 3, h, w], [...fetch]);
+      return { ...r, sampleCount: batch.sampleCount };
     } catch (e) {
-      throw new ServiceError('INFERENCE_FAILED', `encoder ${this.name} failed on a batch of ${batch.samples}x3x${h}x${w}: ${(e as Error).message}`, { cause: e });
+      throw new ServiceError('INFERENCE_FAILED', `encoder ${this.name} failed on a batch of ${batch.sampleCount}x3x${h}x${w}: ${(e as Error).message}`, { cause: e });
     }
   }
 

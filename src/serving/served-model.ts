@@ -3,7 +3,7 @@
 // in flight per instance and says which slot runs it; this concatenates the slices of a batch into
 // one input tensor and hands each request views of its rows of the output.
 import type { Config } from '../config.js';
-import { Batcher, type Batch, type BatchInfo } from '../batching/batcher.js';
+import { Batcher, type Batch, type BatchInfo, type BatchTicket, type Demand } from '../batching/batcher.js';
 import { ServiceError } from '../errors.js';
 import { InferenceRunner, type RunnerLogger, type RunnerOptions, type RunResult } from '../inference/runner.js';
 import type { Direction, ModelIo, OutputName } from '../inference/protocol.js';
@@ -23,14 +23,18 @@ export interface ModelSpec {
   builtin: boolean;
 }
 
-interface Payload {
+export interface Payload {
   tensor: LatentTensor;
   fetch: OutputName[];
 }
 
-interface BatchResult extends RunResult {
-  samples: number;
+export interface BatchResult extends RunResult {
+  /** Samples in the batch (rows of its outputs). */
+  sampleCount: number;
 }
+
+/** Room in a model's queue held for one request: what `decode` submits against. */
+export type DecodeTicket = BatchTicket<Payload, BatchResult>;
 
 export interface Decoded {
   n: number;
@@ -38,10 +42,28 @@ export interface Decoded {
   width: number;
   /** Per sample: height × width × 3 uint8 (views on the batch output). */
   images?: Uint8Array[];
-  /** float32 [n, 3, height, width]. */
-  samples?: Float32Array;
+  /** The decoder's float32 output [n, 3, height, width] (diffusers' DecoderOutput.sample). */
+  sample?: Float32Array;
   queueMs: number;
   runMs: number;
+}
+
+export interface DecodeRunOptions {
+  /** The request's reservation (`model.batcher.reserve(...)`): the samples are drawn from it. */
+  ticket: DecodeTicket;
+  deadline?: number;
+  signal?: AbortSignal;
+  /** Names row `r` of the tensor in messages; default `sample r of N`. */
+  rowName?: (row: number) => string;
+}
+
+/** The batcher key of [N, C, h, w] latents: what can share a run is one latent size. */
+export const batchKey = (h: number, w: number): string => `${h}x${w}`;
+
+/** What decoding [N, C, h, w] latents in one piece queues: N samples of cost h·w. */
+export function untiledDemand(shape: readonly number[]): Demand {
+  const [n, , h, w] = shape as [number, number, number, number];
+  return { key: batchKey(h, w), sampleCount: n, cost: h * w };
 }
 
 export type BatchListener = (model: string, info: BatchInfo, direction?: Direction) => void;
@@ -78,7 +100,7 @@ export class ServedModel implements ModelLimits {
 
   static async start(spec: ModelSpec, cfg: Config, log: RunnerLogger, onBatch?: BatchListener, runnerOpts: RunnerOptions = {}): Promise<ServedModel> {
     const init = {
-      modelPath: spec.modelPath, modelBytes: spec.modelBytes, providers: cfg.executionProviders,
+      modelPath: spec.modelPath, modelBytes: spec.modelBytes, maxModelBytes: cfg.maxModelBytes, providers: cfg.executionProviders,
       intraOpThreads: cfg.intraOpThreads, cpuMemArena: cfg.cpuMemArena, warmupLatentSizes: cfg.warmupLatentSizes, maxBatchSize: cfg.maxBatchSize,
     };
     const started = await Promise.allSettled(Array.from({ length: cfg.modelInstances }, () => InferenceRunner.start(init, log, runnerOpts)));
@@ -108,24 +130,29 @@ export class ServedModel implements ModelLimits {
   /** The model family (sd1, sdxl, taesd, ...) when config.json or the ONNX metadata names one. */
   get family(): string | undefined { return this.spec.file.family ?? (this.io.metadata.family || undefined); }
 
-  /** Queues the latents; resolves with this request's rows of the batch output(s). */
-  async decode(tensor: LatentTensor, fetch: OutputName[], opts: { deadline?: number; signal?: AbortSignal }): Promise<Decoded> {
+  /**
+   * Queues the latents against the request's ticket; resolves with its rows of the batch output(s).
+   * Throws BAD_SHAPE (a fixed-size model), NON_FINITE_OUTPUT naming the row, INFERENCE_FAILED, and
+   * the batcher's DeadlineError / the signal's reason.
+   */
+  async decode(tensor: LatentTensor, fetch: OutputName[], opts: DecodeRunOptions): Promise<Decoded> {
     const [n, , h, w] = tensor.shape;
     const [fh, fw] = this.fixedSide;
     if ((typeof fh === 'number' && fh !== h) || (typeof fw === 'number' && fw !== w)) {
       throw new ServiceError('BAD_SHAPE', `model ${this.name} takes ${fh}x${fw} latents only, got ${h}x${w}`);
     }
-    const res = await this.batcher.submit(`${h}x${w}`, { tensor, fetch }, n, { ...opts, cost: h * w });
+    const res = await opts.ticket.submit(batchKey(h, w), { tensor, fetch }, n, { deadline: opts.deadline, signal: opts.signal });
     for (const p of res.parts) {
       const bad = p.result.outputs.nonFinite.find((row) => row >= p.batchOffset && row < p.batchOffset + p.count);
       if (bad !== undefined) {
-        const sample = p.start + bad - p.batchOffset;
-        throw new ServiceError('NON_FINITE_OUTPUT', `model ${this.name} produced NaN or infinite values for sample ${sample} of ${n}: ` +
+        const row = p.start + bad - p.batchOffset;
+        const named = opts.rowName?.(row) ?? `sample ${row} of ${n}`;
+        throw new ServiceError('NON_FINITE_OUTPUT', `model ${this.name} produced NaN or infinite values for ${named}: ` +
           'the latents are outside what the decoder handles (check scaling_factor and shift_factor) or the model overflows in float16');
       }
     }
     const first = res.parts[0]!.result;
-    const pixels = first.outputs.image ? first.outputs.image.byteLength / (first.samples * 3) : (first.outputs.sample!.byteLength / 4) / (first.samples * 3);
+    const pixels = first.outputs.image ? first.outputs.image.byteLength / (first.sampleCount * 3) : (first.outputs.sample!.byteLength / 4) / (first.sampleCount * 3);
     const up = Math.round(Math.sqrt(pixels / (h * w)));
     const out: Decoded = { n, height: h * up, width: w * up, queueMs: res.queueMs, runMs: res.runMs };
     const plane = out.height * out.width * 3;
@@ -136,10 +163,10 @@ export class ServedModel implements ModelLimits {
     if (fetch.includes('sample')) {
       const rows = (p: (typeof res.parts)[number]): Float32Array =>
         new Float32Array(p.result.outputs.sample!, p.batchOffset * plane * 4, p.count * plane);
-      if (res.parts.length === 1) out.samples = rows(res.parts[0]!); // one run: its rows are contiguous
+      if (res.parts.length === 1) out.sample = rows(res.parts[0]!); // one run: its rows are contiguous
       else {
-        out.samples = new Float32Array(n * plane);
-        for (const p of res.parts) out.samples.set(rows(p), p.start * plane);
+        out.sample = new Float32Array(n * plane);
+        for (const p of res.parts) out.sample.set(rows(p), p.start * plane);
       }
     }
     return out;
@@ -148,7 +175,7 @@ export class ServedModel implements ModelLimits {
   private async runBatch(batch: Batch<Payload>): Promise<BatchResult> {
     const [, c, h, w] = batch.slices[0]!.payload.tensor.shape;
     const per = c * h * w;
-    const data = new Float32Array(batch.samples * per);
+    const data = new Float32Array(batch.sampleCount * per);
     const fetch = new Set<OutputName>();
     let row = 0;
     for (const s of batch.slices) {
@@ -157,10 +184,10 @@ export class ServedModel implements ModelLimits {
       for (const f of s.payload.fetch) fetch.add(f);
     }
     try {
-      const r = await this.runners[batch.slot]!.run(data, [batch.samples, c, h, w], [...fetch]);
-      return { ...r, samples: batch.samples };
+      const r = await this.runners[batch.slot]!.run(data, [batch.sampleCount, c, h, w], [...fetch]);
+      return { ...r, sampleCount: batch.sampleCount };
     } catch (e) {
-      throw new ServiceError('INFERENCE_FAILED', `model ${this.name} failed on a batch of ${batch.samples}x${c}x${h}x${w}: ${(e as Error).message}`, { cause: e });
+      throw new ServiceError('INFERENCE_FAILED', `model ${this.name} failed on a batch of ${batch.sampleCount}x${c}x${h}x${w}: ${(e as Error).message}`, { cause: e });
     }
   }
 

@@ -1,10 +1,12 @@
-// Tiled decoding, the serving part: which requests are tiled, and decoding one as tiles through
-// the model's batcher. The tiles are ordinary samples there: same-shaped tiles share a batch key
-// (`${th}x${tw}`), with each other and with other requests of that latent size; each chunk of at
-// most one batch of tiles is its own job, so a chunk's pixels are blended (tiling/assemble) as
-// soon as its run is back and released, instead of the whole request's tiles piling up. The
-// request's deadline and signal cover every tile: the first failure aborts the rest.
+// Tiled decoding, the serving part: which requests are tiled, what they queue, and decoding one as
+// tiles through the model's batcher. The tiles are ordinary samples there: same-shaped tiles share
+// a batch key (`${th}x${tw}`), with each other and with other requests of that latent size; each
+// chunk of at most one batch of tiles is its own job, so a chunk's pixels are blended
+// (tiling/assemble) as soon as its run is back and released, instead of the whole request's tiles
+// piling up. Every tile is reserved before the body is read (queueDemand); the request's deadline
+// and signal cover every tile: the first failure aborts the rest.
 import { setMaxListeners } from 'node:events';
+import type { Demand, ReserveWording } from '../batching/batcher.js';
 import type { Config } from '../config.js';
 import { ServiceError } from '../errors.js';
 import type { OutputName } from '../inference/protocol.js';
@@ -12,7 +14,7 @@ import type { DecodeOptions } from '../latents/options.js';
 import type { LatentTensor } from '../latents/parse.js';
 import { TileAssembler } from '../tiling/assemble.js';
 import { copyTile, needsTiling, planTiles, tileGroups, tileStride } from '../tiling/plan.js';
-import type { Decoded, ServedModel } from './served-model.js';
+import { batchKey, untiledDemand, type DecodeTicket, type Decoded, type ServedModel } from './served-model.js';
 
 export interface TileSettings {
   tile: number;
@@ -47,15 +49,35 @@ export function tilingFor(shape: readonly number[], opts: Pick<DecodeOptions, 't
   return { tile, overlap };
 }
 
+/** What a request reserves in its model's queue: its demands, and how a refusal words them. */
+export interface QueueDemand {
+  demands: Demand[];
+  wording: ReserveWording;
+}
+
+/**
+ * Everything decoding [N, C, h, w] latents queues: N samples of h×w, or with `tiling` every tile
+ * of every sample, one demand per tile shape (tiling/plan's grid). Pure arithmetic on the shape:
+ * known from the query string before the body is read.
+ */
+export function queueDemand(shape: readonly number[], tiling: TileSettings | undefined): QueueDemand {
+  if (!tiling) return { demands: [untiledDemand(shape)], wording: {} };
+  const [n, , h, w] = shape as [number, number, number, number];
+  const grid = planTiles(h, w, tiling.tile, tiling.overlap);
+  const demands = tileGroups(grid).map((g) => ({ key: batchKey(g.h, g.w), sampleCount: g.tiles.length * n, cost: g.h * g.w }));
+  const what = n === 1 ? `1 latent of ${h}x${w}` : `${n} latents of ${h}x${w}`;
+  return { demands, wording: { unit: `tiles of ${tiling.tile} latents (${what})`, advice: 'use larger tiles or fewer latents per request' } };
+}
+
 export interface TiledDecodeOptions {
+  /** The request's reservation, holding queueDemand(shape, settings). */
+  ticket: DecodeTicket;
   deadline?: number;
   signal?: AbortSignal;
   /** Samples per job: a job is at most one batch (MAX_BATCH_SIZE), so each run frees its tiles. */
   maxBatchSize: number;
   /** A batch's latent area (MAX_BATCH_LATENT_PIXELS): large tiles make smaller jobs. */
   maxBatchLatentPixels: number;
-  /** Samples the queue holds (MAX_QUEUE_SIZE): a request with more tiles could never be queued. */
-  maxQueueSize: number;
 }
 
 /**
@@ -69,7 +91,9 @@ const yieldToLoop = (): Promise<void> => new Promise((resolve) => setImmediate(r
 /**
  * Decodes a tensor as tiles; resolves like ServedModel.decode: uint8 images (fetch 'image') or the
  * float32 NCHW tensor (fetch 'sample'), blended in float32 either way. queueMs is the wait before
- * the first tile ran; runMs the rest, until the image was assembled.
+ * the first tile ran; runMs the rest, until the image was assembled. The tiles are submitted
+ * against `opts.ticket`, which must hold queueDemand(tensor.shape, settings). Throws like
+ * ServedModel.decode; NON_FINITE_OUTPUT names the tile.
  */
 export async function decodeTiled(model: Pick<ServedModel, 'decode'>, tensor: LatentTensor, settings: TileSettings,
   fetch: OutputName[], opts: TiledDecodeOptions): Promise<Decoded> {
@@ -77,10 +101,6 @@ export async function decodeTiled(model: Pick<ServedModel, 'decode'>, tensor: La
   const [n, c, h, w] = tensor.shape;
   const grid = planTiles(h, w, settings.tile, settings.overlap);
   const count = grid.rows.length * grid.cols.length;
-  if (count * n > opts.maxQueueSize) {
-    throw new ServiceError('BATCH_TOO_LARGE',
-      `${n} latents of ${h}x${w} make ${count * n} tiles of ${settings.tile} latents, more than the queue holds (${opts.maxQueueSize}); use larger tiles or fewer latents per request`);
-  }
   const kind = fetch.includes('sample') ? 'float' : 'rgb';
   const outer = opts.signal;
   outer?.throwIfAborted();
@@ -91,15 +111,15 @@ export async function decodeTiled(model: Pick<ServedModel, 'decode'>, tensor: La
 
   let asm: TileAssembler | undefined;
   let queueMs = Infinity;
-  let draining = false;
+  let blending = false;
   // One blending loop at a time; it yields between tiles so other requests are served meanwhile.
-  const drain = async (): Promise<void> => {
-    if (draining) return;
-    draining = true;
+  const blendReady = async (): Promise<void> => {
+    if (blending) return;
+    blending = true;
     try {
       while (!inner.signal.aborted && asm!.step(STEP_VALUES)) await yieldToLoop();
     } finally {
-      draining = false;
+      blending = false;
     }
   };
 
@@ -113,13 +133,18 @@ export async function decodeTiled(model: Pick<ServedModel, 'decode'>, tensor: La
         const tiles = g.tiles.slice(k, k + perJob);
         const data = new Float32Array(tiles.length * per);
         tiles.forEach(([i, j], q) => copyTile(tensor.data, tensor.shape, grid, i, j, data, q * per));
-        const job = model.decode({ data, shape: [tiles.length * n, c, g.h, g.w] }, ['sample'], { deadline: opts.deadline, signal: inner.signal })
+        const rowName = (r: number): string => {
+          const [i, j] = tiles[Math.floor(r / n)]!;
+          const at = `latent rows ${grid.rows[i]!.start}–${grid.rows[i]!.start + g.h}, columns ${grid.cols[j]!.start}–${grid.cols[j]!.start + g.w}`;
+          return `tile ${i},${j} (${at}) of sample ${r % n} of ${n}`;
+        };
+        const job = model.decode({ data, shape: [tiles.length * n, c, g.h, g.w] }, ['sample'], { ticket: opts.ticket, deadline: opts.deadline, signal: inner.signal, rowName })
           .then(async (d) => {
             queueMs = Math.min(queueMs, d.queueMs);
             asm ??= new TileAssembler(grid, n, d.height / g.h, kind);
             const plane = n * 3 * d.height * d.width;
-            tiles.forEach(([i, j], q) => asm!.add(i, j, d.samples!.subarray(q * plane, (q + 1) * plane)));
-            await drain();
+            tiles.forEach(([i, j], q) => asm!.add(i, j, d.sample!.subarray(q * plane, (q + 1) * plane)));
+            await blendReady();
           })
           .catch((e: unknown) => {
             inner.abort(e); // the other tiles are dropped from the queue (or their results ignored)
@@ -141,7 +166,7 @@ export async function decodeTiled(model: Pick<ServedModel, 'decode'>, tensor: La
   const { height, width } = asm.layout;
   const plane = height * width * 3;
   const out: Decoded = { n, height, width, queueMs, runMs: performance.now() - t0 - queueMs };
-  if (asm.float) out.samples = asm.float;
+  if (asm.float) out.sample = asm.float;
   if (asm.rgb) out.images = Array.from({ length: n }, (_, s) => asm!.rgb!.subarray(s * plane, (s + 1) * plane));
   return out;
 }

@@ -23,8 +23,15 @@ export interface NpyHeader {
   dataBytes: number;
 }
 
-/** Reads and checks the header only: the service checks shape and dtype before touching the data. */
-export function parseNpyHeader(buf: Uint8Array, what = 'the .npy data'): NpyHeader {
+const DTYPE_NAMES: Record<NpyDtype, string> = { '<f4': 'little-endian float32 (<f4)', '<f2': 'little-endian float16 (<f2)', '|u1': 'uint8 (|u1)' };
+export const NPY_DTYPES: readonly NpyDtype[] = ['<f4', '<f2', '|u1'];
+
+/**
+ * Reads and checks the header only: the service checks shape and dtype before touching the data.
+ * `accept` is the dtypes the caller can use; the error for any other names only those.
+ * @throws Error naming `what` for a bad magic, version, header, dtype, Fortran order or data length
+ */
+export function parseNpyHeader(buf: Uint8Array, what = 'the .npy data', accept: readonly NpyDtype[] = NPY_DTYPES): NpyHeader {
   const b = Buffer.from(buf.buffer, buf.byteOffset, buf.byteLength);
   if (b.length < 10 || !b.subarray(0, 6).equals(MAGIC)) throw new Error(`${what} is not a .npy file (bad magic)`);
   const major = b[6]!;
@@ -44,7 +51,10 @@ export function parseNpyHeader(buf: Uint8Array, what = 'the .npy data'): NpyHead
   }
   // numpy writes '<u1' or '|u1' for bytes and '=f4' on little-endian hosts is rare but legal
   const dtype = ({ '<f4': '<f4', '<f2': '<f2', '|u1': '|u1', '<u1': '|u1' } as Record<string, NpyDtype>)[descr];
-  if (!dtype) throw new Error(`${what}: dtype ${descr} is not supported (use <f4, <f2 or |u1)`);
+  if (!dtype || !accept.includes(dtype)) {
+    const names = accept.map((d) => DTYPE_NAMES[d]);
+    throw new Error(`${what}: dtype ${descr} is not supported: use ${names.slice(0, -1).join(', ')}${names.length > 1 ? ' or ' : ''}${names.at(-1)}`);
+  }
   if (fortran === 'True') throw new Error(`${what}: Fortran-ordered arrays are not supported`);
   const dims = shapeText.split(',').map((s) => s.trim()).filter((s) => s.length > 0);
   // Decimal digits only: Number() would also read '0x10' and '1e3'.

@@ -1,6 +1,7 @@
 // Shared by the conversion and pull tests: the golden fixtures (test/fixtures), temp folders,
 // running a decoder on ONNX Runtime, and rewriting a checkpoint's tensors.
 import { readFile } from 'node:fs/promises';
+import '../../src/inference/telemetry.cjs'; // as in the service: ONNX Runtime telemetry off
 import * as ort from 'onnxruntime-node';
 import { readNpy } from '../../src/tensor/npy.js';
 import { decodeModel } from '../../src/onnx/graph.js';

@@ -19,3 +19,20 @@ export function fragileModel(dir: string): string {
   writeFileSync(file, encodeModel(g.model()));
   return file;
 }
+
+/**
+ * A real model whose output overflows float32 for latents far inside the accepted range: a 1×1
+ * convolution with weights of 1e35 (|x| ≳ 1 → ±Inf, 0·Inf → NaN), then 8× nearest upsampling.
+ * For the non-finite output check, which in-range latents cannot trip on a float32 VAE.
+ */
+export function overflowingModel(dir: string): string {
+  const g = new GraphBuilder('overflowing');
+  const x = g.input('latent_sample', 'float32', ['batch', 4, 'height', 'width']);
+  const w = g.constant('w', 'float32', [3, 4, 1, 1], new Float32Array(12).fill(1e35));
+  const c = g.node('Conv', [x, w], { kernel_shape: attr.ints([1, 1]) });
+  g.node('Resize', [c, '', g.constant('scales', 'float32', [4], new Float32Array([1, 1, 8, 8]))], { mode: attr.s('nearest') }, 'sample');
+  g.output('sample', 'float32', ['batch', 3, 'h8', 'w8']);
+  const file = path.join(dir, 'overflowing.onnx');
+  writeFileSync(file, encodeModel(g.model()));
+  return file;
+}
