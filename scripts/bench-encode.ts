@@ -1,6 +1,7 @@
 // Encode beside decode on one model, through the real service in this process (app.inject: no
 // socket, so the numbers are the service's own): images/s at concurrency 1, per-stage times from
-// Server-Timing (medians), and the process's peak RSS above idle while each size runs.
+// Server-Timing (medians), and the process's peak RSS while each size runs, above its RSS just
+// before (both sessions live in this process; ORT's arena is off, so a run's memory is given back).
 //   node --import tsx scripts/bench-encode.ts [--weights W.safetensors] [--sizes 256,512,1024]
 //     [--seconds 20] [--max-iters 20] [--threads 0]
 // Weights: the encode fixture by default (ch 32); a full-width one from
@@ -66,7 +67,7 @@ async function main(): Promise<void> {
     await app.models.load();
     const idle = process.memoryUsage.rss();
     console.log(`idle RSS ${(idle / 2 ** 20).toFixed(0)} MiB (both sessions loaded)\n`);
-    console.log('| direction | image | runs | img/s (c=1) | parse ms | queue ms | infer ms | encode ms | total ms | peak RSS − idle MiB |');
+    console.log('| direction | image | runs | img/s (c=1) | parse ms | queue ms | infer ms | encode ms | total ms | peak RSS − RSS before, MiB |');
     console.log('| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |');
     for (const side of sizes) {
       const png = await image(side);
@@ -80,9 +81,11 @@ async function main(): Promise<void> {
           if (direction === 'encode') latents = res.rawPayload;
           return stages(res.headers['server-timing'] as string);
         };
-        await run(); // warm: the first run of a shape plans its memory
-        let peak = process.memoryUsage.rss();
+        // the phase's own peak: RSS sampled every 10 ms from before its first (warm-up) run
+        const before = process.memoryUsage.rss();
+        let peak = before;
         const sampler = setInterval(() => { peak = Math.max(peak, process.memoryUsage.rss()); }, 10);
+        await run(); // warm: the first run of a shape plans its memory
         const runs: Record<string, number>[] = [];
         const start = performance.now();
         const stop = start + Number(values.seconds) * 1000;
@@ -90,7 +93,7 @@ async function main(): Promise<void> {
         const wall = (performance.now() - start) / 1000;
         clearInterval(sampler);
         const m = (k: string): string => median(runs.map((r) => r[k] ?? NaN)).toFixed(1);
-        console.log(`| ${direction} | ${side}² | ${runs.length} | ${(runs.length / wall).toFixed(2)} | ${m('parse')} | ${m('queue')} | ${m('infer')} | ${m('encode')} | ${m('total')} | ${((peak - idle) / 2 ** 20).toFixed(0)} |`);
+        console.log(`| ${direction} | ${side}² | ${runs.length} | ${(runs.length / wall).toFixed(2)} | ${m('parse')} | ${m('queue')} | ${m('infer')} | ${m('encode')} | ${m('total')} | ${((peak - before) / 2 ** 20).toFixed(0)} |`);
       }
     }
     await app.close();

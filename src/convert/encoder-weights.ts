@@ -2,7 +2,7 @@
 // knows (LDM, diffusers, legacy diffusers attention names), mapped onto canonical unprefixed LDM
 // names, with the encoder's shape inferred from tensor shapes.
 import type { SafetensorsFile } from './safetensors.js';
-import type { KeyLayout } from './vae-weights.js';
+import { countIndices, DIFFUSERS_ATTN, LEGACY_ATTN, PREFIXES, type KeyLayout } from './vae-weights.js';
 import { LayoutWeights, owning } from './weights.js';
 
 export interface EncoderConfig {
@@ -18,9 +18,6 @@ export interface EncoderConfig {
   hasMidAttention: boolean;
 }
 
-const PREFIXES = ['first_stage_model.', 'vae.', ''];
-const DIFFUSERS_ATTN: Record<string, string> = { norm: 'group_norm', q: 'to_q', k: 'to_k', v: 'to_v', proj_out: 'to_out.0' };
-const LEGACY_ATTN: Record<string, string> = { norm: 'group_norm', q: 'query', k: 'key', v: 'value', proj_out: 'proj_attn' };
 
 /** The key a canonical (unprefixed LDM) encoder name has in the given layout; down levels keep their numbers. */
 export function encoderKey(canonical: string, layout: KeyLayout): string {
@@ -46,14 +43,6 @@ export function findKlEncoder(keys: ReadonlySet<string>): string | undefined {
   return PREFIXES.find((p) => keys.has(`${p}encoder.conv_in.weight`) && keys.has(`${p}encoder.conv_out.weight`));
 }
 
-function countIndices(keys: string[], re: RegExp): number {
-  let max = -1;
-  for (const k of keys) {
-    const m = re.exec(k);
-    if (m) max = Math.max(max, Number(m[1]));
-  }
-  return max + 1;
-}
 
 export class EncoderWeights extends LayoutWeights {
   private constructor(file: SafetensorsFile, readonly layout: KeyLayout, readonly prefix: string, readonly config: EncoderConfig) {

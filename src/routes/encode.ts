@@ -16,7 +16,7 @@ import { encodeDemand, VAE_SCALE_FACTOR, type EncodeTicket, type ServedEncoder }
 import { tilingFor, type TileSettings } from '../serving/tiled.js';
 import { BYTES_PER_ELEMENT } from '../tensor/dtype.js';
 import { encodeNpy } from '../tensor/npy.js';
-import { DISCARD_AT_MOST, registryOf, serverTiming, timeoutMs } from './decode.js';
+import { DISCARD_AT_MOST, registryOf, requestDeadlines, reservations, serverTiming } from './request.js';
 
 /** Sides are multiples of 16 when the answer is packed or the model's space is patchified (FLUX.2), else 8. */
 function limitsFor(enc: ServedEncoder, o: EncodeOptions, maxImagePixels: number, maxLatentSide: number): EncodeLimits {
@@ -32,31 +32,11 @@ function demandOf(shape: readonly number[], tiling: TileSettings | undefined): {
 export default async function encodeRoutes(app: FastifyInstance): Promise<void> {
   const cfg = app.config;
   const host = app.models;
-  /** Each admitted request's reservation, from before its body until its response has gone (as /decode's). */
-  const admitted = new WeakMap<FastifyRequest, { enc: ServedEncoder; ticket: EncodeTicket }>();
-  function admit(req: FastifyRequest, reply: FastifyReply, enc: ServedEncoder, { demands, wording }: { demands: Demand[]; wording: ReserveWording }): EncodeTicket {
-    const held = admitted.get(req);
-    if (held?.enc === enc) {
-      held.ticket.replace(demands, wording);
-      return held.ticket;
-    }
-    held?.ticket.release();
-    const ticket = enc.batcher.reserve(demands, wording);
-    admitted.set(req, { enc, ticket });
-    reply.raw.once('close', () => ticket.release());
-    return ticket;
-  }
+  const { admit, release } = reservations<ServedEncoder, EncodeTicket>();
   const tiling = (shape: readonly number[], o: EncodeOptions): TileSettings | undefined =>
     tilingFor([shape[0]!, 3, shape[2]! / VAE_SCALE_FACTOR, shape[3]! / VAE_SCALE_FACTOR], o, cfg);
 
-  app.removeAllContentTypeParsers();
-  const deadlines = new WeakMap<FastifyRequest, number>();
-  const deadlineOf = (req: FastifyRequest, reply: FastifyReply): number => {
-    let deadline = deadlines.get(req);
-    if (deadline === undefined) deadlines.set(req, (deadline = performance.now() - reply.elapsedTime + timeoutMs(req, cfg.requestTimeoutMs)));
-    return deadline;
-  };
-  app.addContentTypeParser('*', (req, payload, done) => app.uploads.read(req, payload, { limit: req.routeOptions.bodyLimit ?? cfg.bodyLimitBytes, deadline: deadlines.get(req) }, done));
+  const deadlineOf = requestDeadlines(app);
   app.metrics.countRequests(app);
 
   /**
@@ -167,7 +147,7 @@ export default async function encodeRoutes(app: FastifyInstance): Promise<void> 
     } finally {
       clearTimeout(timer);
       reply.raw.off('close', onClose);
-      admitted.get(req)?.ticket.release();
+      release(req);
       host.inflight--;
     }
   });

@@ -6,18 +6,8 @@
 //   each cropped to [:rowLimit, :rowLimit], the crops concatenated.
 // The tile grid is plan.ts's, in pixels; pixelLayout with a factor 1/8 gives the latent geometry.
 // The latents are small (C channels at 1/8 of the side), so every tile is kept until the end.
+import { ramps } from './assemble.js';
 import { pixelLayout, type TileGrid } from './plan.js';
-
-/** Weights `1 − k/extent` and `k/extent` as torch applies them: Python doubles cast to float32. */
-function ramps(extent: number): [Float32Array, Float32Array] {
-  const keep = new Float32Array(extent);
-  const take = new Float32Array(extent);
-  for (let k = 0; k < extent; k++) {
-    keep[k] = 1 - k / extent;
-    take[k] = k / extent;
-  }
-  return [keep, take];
-}
 
 /**
  * Blends encoded tiles: `tiles[i][j]` is float32 [n, c, rows[i].size/down, cols[j].size/down]
