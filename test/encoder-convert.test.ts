@@ -8,7 +8,7 @@ import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { convertCheckpoint } from '../src/convert/convert.js';
 import { encodeFixture, imageTensor, maxAbs, npy, runEncoder } from './helpers/encode-fixtures.js';
-import { modelMetadata, tempDir } from './helpers/convert-fixtures.js';
+import { modelMetadata, rewriteCheckpoint, tempDir } from './helpers/convert-fixtures.js';
 
 const MEAN_TOLERANCE = 0.002;
 const STD_TOLERANCE = 0.0002;
@@ -61,3 +61,15 @@ for (const [file, layout] of [['taesd-encoder-original.safetensors', 'original']
     }
   });
 }
+
+test('a KL encoder without quant_conv (FLUX.1\'s layout) converts: its posterior comes straight from conv_out', async (t) => {
+  const dir = tempDir(t);
+  const weights = await rewriteCheckpoint(encodeFixture('sd-diffusers-encoder.safetensors'), join(dir, 'no-quant.safetensors'),
+    (ts) => ts.filter((x) => !x.name.startsWith('quant_conv.')));
+  const r = await convertCheckpoint({ weights, out: join(dir, 'noq', 'model.onnx') });
+  assert.match(r.encoder!.architecture, /no quant_conv/);
+  const out = await runEncoder(r.encoder!.path, await imageTensor('image-64x64.png'));
+  assert.equal(out.latent_mean!.length, 4 * 8 * 8);
+  // without quant_conv's ×15 mean rows the latents are those of conv_out: far from the reference
+  assert.ok(maxAbs(out.latent_mean!, await npy('sd-64x64-mean.npy')) > 0.5);
+});
