@@ -5,6 +5,7 @@
 import { ServiceError } from '../errors.js';
 import type { ChannelStats } from '../latents/normalize.js';
 import { toFloat16Bits, type WireDtype } from '../tensor/dtype.js';
+import { gaussian, mulberry32 } from '../tensor/random.js';
 
 export interface LatentsOut {
   /** The answer's bytes, little-endian, C order. */
@@ -25,35 +26,6 @@ export interface OutPlan {
   seed?: number;
 }
 
-/** mulberry32: a small, fast, seeded 32-bit generator (the noise cannot match torch's generator anyway). */
-function uniform(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
-/** Standard normal values by Box–Muller over `uniform(seed)`. */
-export function gaussian(seed: number): () => number {
-  const u = uniform(seed);
-  let spare: number | undefined;
-  return () => {
-    if (spare !== undefined) {
-      const s = spare;
-      spare = undefined;
-      return s;
-    }
-    const r = Math.sqrt(-2 * Math.log(1 - u()));
-    const th = 2 * Math.PI * u();
-    spare = r * Math.sin(th);
-    return r * Math.cos(th);
-  };
-}
-
 /**
  * mean (and std) float32 [n, C, h, w] → the answer. With stats (patch p), the output has C·p²
  * channels at h/p × w/p; packed is [n, (h/p')(w/p'), C·p'²] with p' = 2 (FLUX) whatever the stats.
@@ -65,7 +37,8 @@ export function writeLatents(mean: Float32Array, std: Float32Array | undefined, 
   const [oc, oh, ow] = [c * p * p, h / p, w / p];
   const outShape = plan.order === 'packed' ? [n, oh * ow, oc] : plan.order === 'nhwc' ? [n, oh, ow, oc] : [n, oc, oh, ow];
   const out = new Float32Array(n * c * h * w);
-  const noise = std ? gaussian(plan.seed ?? (Math.random() * 2 ** 32) >>> 0) : undefined;
+  // our own generator: the noise cannot match torch's anyway
+  const noise = std ? gaussian(mulberry32(plan.seed ?? (Math.random() * 2 ** 32) >>> 0)) : undefined;
   const { scale, shift, stats } = plan;
   for (let s = 0; s < n; s++) {
     for (let ch = 0; ch < c; ch++) {
