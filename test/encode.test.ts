@@ -28,6 +28,8 @@ function service(_t: TestContext): ReturnType<typeof startService> {
   return shared;
 }
 
+type ErrorBody = { error: { code: string; message: string } };
+
 const png = (size: string): Promise<Buffer> => readFile(encodeFixture(`image-${size}.png`));
 const f32 = (body: Buffer): Float32Array => new Float32Array(body.buffer.slice(body.byteOffset, body.byteOffset + body.byteLength));
 
@@ -46,10 +48,10 @@ test('a PNG with no Content-Type (as remote_encode sends it) encodes to the scal
   assert.equal(raw.headers['content-type'], 'application/x-npy');
   const arr = parseNpy(raw.rawPayload);
   assert.deepEqual(arr.shape, [1, 4, 8, 12]);
-  assert.ok(maxAbs(arr.data as Float32Array, await npy('sd-96x64-mean.npy')) <= 0.002);
+  assert.ok(maxAbs(arr.data, await npy('sd-96x64-mean.npy')) <= 0.002);
 
   const js = await app.inject({ method: 'POST', url: '/encode?output_dtype=float16', headers: { accept: 'application/json', 'content-type': 'image/png' }, payload: await png('64x64') });
-  const body = js.json() as { latents: string; shape: number[]; dtype: string };
+  const body = js.json<{ latents: string; shape: number[]; dtype: string }>();
   assert.deepEqual([body.shape, body.dtype], [[1, 4, 8, 8], 'float16']);
   assert.equal(Buffer.from(body.latents, 'base64').length, 4 * 8 * 8 * 2);
 });
@@ -104,7 +106,7 @@ test('/encode then /decode round-trips to diffusers\' vae.decode(mean) within a 
   const diff = maxAbs(dec.rawPayload, ref);
   t.diagnostic(`round trip: max ${diff} level(s)`);
   assert.ok(diff <= 1);
-  const models = (await app.inject({ url: '/v1/models' })).json() as { models: { name: string; directions: string[] }[] };
+  const models = (await app.inject({ url: '/v1/models' })).json<{ models: { name: string; directions: string[] }[] }>();
   assert.deepEqual(models.models.map((m) => [m.name, m.directions]), [['sd15-preview', ['decode']], ['sd', ['decode', 'encode']], ['taesd', ['encode']]]);
   const metrics = (await app.inject({ url: '/metrics' })).body;
   assert.match(metrics, /latent_decoder_requests_total\{model="sd",direction="encode",outcome="ok"\} [1-9]/);
@@ -116,7 +118,7 @@ test('bad input: not an image nor a tensor, corrupt, too many pixels, too small,
   const { app } = await service(t);
   const post = async (url: string, payload: Buffer, headers: Record<string, string> = {}) => {
     const r = await app.inject({ method: 'POST', url, payload, headers });
-    return { status: r.statusCode, ...(r.json() as { error: { code: string; message: string } }).error };
+    return { status: r.statusCode, ...r.json<ErrorBody>().error };
   };
   let r = await post('/encode', Buffer.from('hello, I am not an image'));
   assert.deepEqual([r.status, r.code], [400, 'BAD_IMAGE']);
@@ -200,16 +202,16 @@ test('refusals before the body: a byte count that does not fit the shape, a mode
   const { app, registry } = await service(t);
   const big = Buffer.alloc(200_000);
   const res = await app.inject({ method: 'POST', url: '/encode?shape=1,3,64,64', payload: big });
-  assert.deepEqual([res.statusCode, res.json().error.code, res.headers.connection], [400, 'SIZE_MISMATCH', 'close']);
+  assert.deepEqual([res.statusCode, res.json<ErrorBody>().error.code, res.headers.connection], [400, 'SIZE_MISMATCH', 'close']);
   const none = await app.inject({ method: 'POST', url: '/encode?model=nope', payload: big });
-  assert.match(none.json().error.message, /no model named "nope"; models that encode: sd, taesd/);
+  assert.match(none.json<ErrorBody>().error.message, /no model named "nope"; models that encode: sd, taesd/);
   // the whole queue reserved by another request: /encode is refused before its body, with Retry-After
   const enc = registry.encoders.get('sd')!;
   const other = enc.batcher.reserve([{ sampleCount: 64 }]);
   try {
     const full = await app.inject({ method: 'POST', url: '/encode?model=sd', payload: await png('64x64') });
     assert.equal(full.statusCode, 429, full.body);
-    assert.equal(full.json().error.code, 'QUEUE_FULL');
+    assert.equal(full.json<ErrorBody>().error.code, 'QUEUE_FULL');
     assert.match(String(full.headers['retry-after']), /^[1-9]\d*$/);
   } finally {
     other.release();

@@ -20,11 +20,11 @@ test('a full LDM checkpoint converts to decoder and encoder in one folder; the e
   const r = await convertCheckpoint({ weights: encodeFixture('sd-ldm.safetensors'), out });
   assert.ok(existsSync(out));
   assert.equal(r.encoder?.path, join(dir, 'sd', 'encoder.onnx'));
-  assert.match(r.encoder!.architecture, /KL encoder ch 32 × \[1, 2, 4, 4\], 2 res blocks/);
-  assert.equal((await modelMetadata(r.encoder!.path)).direction, 'encode');
-  assert.equal(JSON.parse(await readFile(join(dir, 'sd', 'config.json'), 'utf8')).latentChannels, 4);
+  assert.match(r.encoder.architecture, /KL encoder ch 32 × \[1, 2, 4, 4\], 2 res blocks/);
+  assert.equal((await modelMetadata(r.encoder.path)).direction, 'encode');
+  assert.equal((JSON.parse(await readFile(join(dir, 'sd', 'config.json'), 'utf8')) as { latentChannels: number }).latentChannels, 4);
   for (const size of ['64x64', '96x64']) {
-    const out = await runEncoder(r.encoder!.path, await imageTensor(`image-${size}.png`));
+    const out = await runEncoder(r.encoder.path, await imageTensor(`image-${size}.png`));
     const mean = maxAbs(out.latent_mean!, await npy(`sd-${size}-mean.npy`));
     const std = maxAbs(out.latent_std!, await npy(`sd-${size}-std.npy`));
     t.diagnostic(`${size}: mean max |Δ| ${mean.toExponential(2)}, std ${std.toExponential(2)}`);

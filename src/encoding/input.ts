@@ -60,7 +60,7 @@ export async function readEncodeBody(kind: EncodeBodyKind, body: Buffer | undefi
     rejectEncodeQueryOptions(query);
     const options = parseEncodeOptions(json.fields, 'json');
     if (!options.shape) throw new ServiceError('BAD_SHAPE', 'a JSON body needs "shape": [N, 3, H, W] beside the base64 "latents" tensor');
-    return tensorInput(options, json.byteLength, json.latents, limits(options));
+    return tensorInput(options, json.byteLength, () => json.latents(), limits(options));
   }
   if (kind === 'npy') {
     let header;
@@ -73,10 +73,10 @@ export async function readEncodeBody(kind: EncodeBodyKind, body: Buffer | undefi
     if (!dtype) throw new ServiceError('BAD_NPY', `the .npy body holds ${header.dtype}; send little-endian float32 (<f4) or float16 (<f2)`);
     const options = parseEncodeOptions({ ...query, shape: header.shape, dtype });
     const data = body.subarray(header.dataStart);
-    return tensorInput(options, data.byteLength, async () => data, limits(options));
+    return tensorInput(options, data.byteLength, () => Promise.resolve(data), limits(options));
   }
   const options = parseEncodeOptions(query);
-  if (kind === 'raw' && options.shape) return tensorInput(options, body.length, async () => body, limits(options));
+  if (kind === 'raw' && options.shape) return tensorInput(options, body.length, () => Promise.resolve(body), limits(options));
   const format = sniffImage(body);
   if (!format) {
     throw new ServiceError('BAD_IMAGE', `the body is neither a PNG, JPEG or WebP image nor a tensor (a tensor needs shape and dtype): it looks like ${describeBytes(body)}`);

@@ -9,7 +9,6 @@ import type { OutputName } from '../inference/protocol.js';
 import { toDecoderSpace } from '../latents/fuse.js';
 import { formatFromAccept, parseOptions, type DecodeOptions } from '../latents/options.js';
 import { bodyKind, checkShape, planLatents, readBody, type BodyKind } from '../latents/parse.js';
-import type { StageTimings } from '../plugins/metrics.js';
 import { contentEncoding } from '../plugins/uploads.js';
 import { decodeSchema, documentOnly } from '../schemas.js';
 import type { ModelRegistry } from '../serving/registry.js';

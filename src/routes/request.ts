@@ -62,12 +62,12 @@ interface HeldRoom {
  * connection closed, whichever comes first, and by `release` when the handler is done.
  */
 export function reservations<M extends Reserving<T>, T extends HeldRoom>(): {
-  admit(req: FastifyRequest, reply: FastifyReply, model: M, demand: { demands: readonly Demand[]; wording: ReserveWording }): T;
-  release(req: FastifyRequest): void;
+  admit: (req: FastifyRequest, reply: FastifyReply, model: M, demand: { demands: readonly Demand[]; wording: ReserveWording }) => T;
+  release: (req: FastifyRequest) => void;
 } {
   const admitted = new WeakMap<FastifyRequest, { model: M; ticket: T }>();
   return {
-    admit(req, reply, model, { demands, wording }) {
+    admit: (req, reply, model, { demands, wording }) => {
       const held = admitted.get(req);
       if (held?.model === model) {
         held.ticket.replace(demands, wording);
@@ -79,7 +79,7 @@ export function reservations<M extends Reserving<T>, T extends HeldRoom>(): {
       reply.raw.once('close', () => ticket.release());
       return ticket;
     },
-    release(req) {
+    release: (req) => {
       admitted.get(req)?.ticket.release();
     },
   };
