@@ -7,7 +7,7 @@ import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import sharp from 'sharp';
 import { convertCheckpoint } from '../src/convert/convert.js';
-import { parseNpy } from '../src/tensor/npy.js';
+import { encodeNpy, parseNpy } from '../src/tensor/npy.js';
 import { encodeFixture, imageTensor, maxAbs, npy } from './helpers/encode-fixtures.js';
 import { bytesOf, startService, tempDir } from './helpers/service.js';
 
@@ -217,4 +217,28 @@ test('refusals before the body: a byte count that does not fit the shape, a mode
     other.release();
   }
   assert.equal((await app.inject({ method: 'POST', url: '/encode?model=sd', payload: await png('64x64') })).statusCode, 200, 'served again once released');
+});
+
+test('tensor bodies as .npy and as JSON (base64 "latents", options as fields) encode like raw ones; a deadline that passes gives 504', async (t) => {
+  const { app } = await service(t);
+  const img = await imageTensor('image-96x64.png');
+  const raw = f32((await app.inject({ method: 'POST', url: '/encode?shape=1,3,64,96', payload: bytesOf(img.data) })).rawPayload);
+  const npyBody = encodeNpy({ dtype: '<f4', shape: [1, 3, 64, 96], data: img.data });
+  const fromNpy = await app.inject({ method: 'POST', url: '/encode', headers: { 'content-type': 'application/x-npy' }, payload: npyBody });
+  assert.equal(fromNpy.statusCode, 200, fromNpy.body);
+  assert.deepEqual(f32(fromNpy.rawPayload), raw);
+  const fromJson = await app.inject({
+    method: 'POST', url: '/encode', headers: { 'content-type': 'application/json' },
+    payload: JSON.stringify({ latents: bytesOf(img.data).toString('base64'), shape: [1, 3, 64, 96], dtype: 'float32', model: 'sd' }),
+  });
+  assert.equal(fromJson.statusCode, 200, fromJson.body);
+  assert.deepEqual(f32(fromJson.rawPayload), raw);
+  const both = await app.inject({
+    method: 'POST', url: '/encode?model=sd', headers: { 'content-type': 'application/json' },
+    payload: JSON.stringify({ latents: bytesOf(img.data).toString('base64'), shape: [1, 3, 64, 96] }),
+  });
+  assert.equal(both.statusCode, 400);
+  assert.match(both.json<ErrorBody>().error.message, /model is in the query string: with a JSON body, give options as JSON fields only/);
+  const late = await app.inject({ method: 'POST', url: '/encode', headers: { 'x-request-timeout-ms': '0.001' }, payload: await png('96x64') });
+  assert.deepEqual([late.statusCode, late.json<ErrorBody>().error.code], [504, 'DEADLINE_EXCEEDED']);
 });
