@@ -214,7 +214,11 @@ async function modelsCommand(args: string[]): Promise<void> {
   const warn = { warn: (_: object, msg: string) => void process.stderr.write(`latent-decoder: ${msg}\n`) };
   for (const spec of await discoverModels(cfg, warn)) {
     const c = spec.file;
-    const size = spec.builtin ? 'built-in' : await stat(spec.modelPath!).then((s) => `${(s.size / 2 ** 20).toFixed(1)} MiB`, () => 'missing');
+    // decoder and encoder files together; an encode-only folder has no model.onnx
+    const files = [spec.modelPath, spec.encoderPath].filter((f): f is string => f !== undefined);
+    const bytes = await Promise.all(files.map((f) => stat(f).then((st) => st.size, () => NaN)));
+    const total = bytes.reduce((a, b) => a + b, 0);
+    const size = spec.builtin ? 'built-in' : Number.isNaN(total) ? 'missing' : `${(total / 2 ** 20).toFixed(1)} MiB`;
     rows.push([spec.name, String(c.latentChannels ?? '?'), c.precision ?? '?', String(c.scalingFactor ?? '?'), String(c.shiftFactor ?? 0), size, c.family ?? '']);
   }
   const table = [['NAME', 'CHANNELS', 'PRECISION', 'SCALING', 'SHIFT', 'SIZE', 'FAMILY'], ...rows];
