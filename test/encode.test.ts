@@ -63,6 +63,14 @@ test('a tensor body (raw with shape and dtype, as remote_encode sends a torch te
   assert.equal(fromTensor.statusCode, 200, fromTensor.body);
   const nchw = f32(fromTensor.rawPayload);
   assert.ok(maxAbs(nchw, await npy('sd-96x64-scaled.npy')) <= 0.0005);
+  // two images in one request: one batch, the answer in request order
+  const two = new Float32Array(2 * img.data.length);
+  two.set(img.data.map((v) => -v));
+  two.set(img.data, img.data.length);
+  const pair = await app.inject({ method: 'POST', url: '/encode?shape=2,3,64,96&scaling_factor=0.18215', payload: bytesOf(two) });
+  assert.deepEqual(JSON.parse(pair.headers.shape as string), [2, 4, 8, 12]);
+  assert.ok(maxAbs(f32(pair.rawPayload).subarray(nchw.length), nchw) < 1e-5, 'the second image encodes as it does alone');
+  assert.ok(maxAbs(f32(pair.rawPayload).subarray(0, nchw.length), nchw) > 0.1, 'the negated image encodes to other latents');
 
   const nhwc = await app.inject({ method: 'POST', url: '/encode?layout=nhwc', payload: await png('96x64') });
   assert.deepEqual(JSON.parse(nhwc.headers.shape as string), [1, 8, 12, 4]);
