@@ -201,6 +201,11 @@ test('tiled encode (diffusers\' _tiled_encode): tiles encoded alone, moments cro
   }
   t.diagnostic(`tile (0,0) crop and the (0,0)|(0,1) cross-fade against the tiles encoded alone: max |Δ| ${worst.toExponential(2)}`);
   assert.ok(worst <= 1e-4, `tiled encode differs from the blend of its tiles by ${worst}`);
+  // sample_mode=sample tiled: the log-variances are blended too, then clamped and exponentiated
+  const sampled = await encode(img, H, W, '&tile_size=16&sample_mode=sample&seed=3');
+  const d = maxAbs(sampled, tiled);
+  t.diagnostic(`tiled sample vs tiled mean: max |Δ| ${d.toFixed(3)}`);
+  assert.ok(sampled.every(Number.isFinite) && d > 0 && d < 10);
   const bad = await app.inject({ method: 'POST', url: `/encode?shape=1,3,${H},${W}&tile_size=16&tile_overlap=0.3`, payload: bytesOf(img) });
   assert.equal(bad.statusCode, 400);
   assert.match(bad.body, /stride of 89 px, not a whole number of latents/);
