@@ -12,6 +12,7 @@ import models, { type ModelHost } from './plugins/models.js';
 import swagger from './plugins/swagger.js';
 import uploads from './plugins/uploads.js';
 import decodeRoutes from './routes/decode.js';
+import encodeRoutes from './routes/encode.js';
 import healthRoutes from './routes/health.js';
 import metricsRoutes from './routes/metrics.js';
 import modelRoutes from './routes/models.js';
@@ -124,6 +125,7 @@ async function app(app: FastifyInstance, opts: AppOptions): Promise<void> {
   await app.register(healthRoutes);
   await app.register(modelRoutes);
   await app.register(decodeRoutes);
+  await app.register(encodeRoutes);
   await app.register(metricsRoutes);
 }
 

@@ -40,7 +40,10 @@ Run 'latent-decoder <command> --help' for a command's options.`,
 Reads LDM (first_stage_model./vae./bare) or diffusers AutoencoderKL safetensors, and TAESD
 decoders (taesd_decoder.safetensors or diffusers AutoencoderTiny), F32/F16/BF16; the architecture
 is told from the keys. When <out.onnx> is <dir>/model.onnx, config.json is written beside it
-(a model repository folder).
+(a model repository folder). An encoder in the weights (KL Encoder + quant_conv, or a TAESD
+encoder file) is written too, always float32: <dir>/encoder.onnx (else <out>.encoder.onnx); an
+encoder-only file gives an encode-only folder, and a second run can add the other half. FLUX.2's
+BatchNorm statistics (bn.running_mean/var, batch_norm_eps 1e-4) go into config.json.
 
 Options:
   --family NAME          the model family: sets the latent factors (scaling/shift) and is
@@ -134,6 +137,8 @@ function report(r: ConvertResult, out: string): void {
   console.log(`${out}: ${c.name}, ${c.latentChannels} latent channels, ${r.architecture}, ` +
     `${c.precision}, scaling ${c.scalingFactor} shift ${c.shiftFactor}${c.family ? `, family ${c.family}` : ''}, ` +
     `${(r.bytes / 2 ** 20).toFixed(1)} MiB in ${r.seconds.toFixed(1)} s`);
+  if (r.encoder) console.log(`${r.encoder.path}: ${r.encoderOnly ? 'encoder only (no decoder in the weights)' : 'the encoder'}, ${r.encoder.architecture}, fp32`);
+  if (r.encoderSkipped) console.log(`encoder not written: ${r.encoderSkipped}`);
   const g = r.fp16Check;
   if (g) {
     console.log(`float16 check: max activation ${g.maxActivation.toExponential(2)} (limit ${FP16_ACTIVATION_LIMIT}), ` +
@@ -209,7 +214,11 @@ async function modelsCommand(args: string[]): Promise<void> {
   const warn = { warn: (_: object, msg: string) => void process.stderr.write(`latent-decoder: ${msg}\n`) };
   for (const spec of await discoverModels(cfg, warn)) {
     const c = spec.file;
-    const size = spec.builtin ? 'built-in' : await stat(spec.modelPath!).then((s) => `${(s.size / 2 ** 20).toFixed(1)} MiB`, () => 'missing');
+    // decoder and encoder files together; an encode-only folder has no model.onnx
+    const files = [spec.modelPath, spec.encoderPath].filter((f): f is string => f !== undefined);
+    const bytes = await Promise.all(files.map((f) => stat(f).then((st) => st.size, () => NaN)));
+    const total = bytes.reduce((a, b) => a + b, 0);
+    const size = spec.builtin ? 'built-in' : Number.isNaN(total) ? 'missing' : `${(total / 2 ** 20).toFixed(1)} MiB`;
     rows.push([spec.name, String(c.latentChannels ?? '?'), c.precision ?? '?', String(c.scalingFactor ?? '?'), String(c.shiftFactor ?? 0), size, c.family ?? '']);
   }
   const table = [['NAME', 'CHANNELS', 'PRECISION', 'SCALING', 'SHIFT', 'SIZE', 'FAMILY'], ...rows];

@@ -50,6 +50,8 @@ export interface Config {
   tileOverlap: number;
   /** The largest latent side the decoder runs in one piece: a whole untiled request, or a tile. */
   maxUntiledLatentSide: number;
+  /** /encode: pixels (width × height) an image may have, checked from its header before decoding: 413 above. */
+  maxImagePixels: number;
 }
 
 /** A protobuf message, hence an ONNX file without external data, is at most 2 GiB. */
@@ -151,6 +153,7 @@ export function loadConfig(env: Env = process.env): Config {
     tileLatentSide,
     tileOverlap,
     maxUntiledLatentSide,
+    maxImagePixels: int(env, 'MAX_IMAGE_PIXELS', (maxLatentSide * 8) ** 2, 64),
   };
   return cfg;
 }

@@ -20,13 +20,18 @@ export const ErrorCodes = {
   EMPTY_BODY: 400,
   BAD_CONTENT_ENCODING: 400,
   BAD_REQUEST: 400,
+  BAD_IMAGE: 400,
+  BAD_IMAGE_SIZE: 400,
+  IMAGE_OUT_OF_RANGE: 400,
   UNAUTHORIZED: 401,
   /** A request not received in full within BODY_TIMEOUT_MS (Node's requestTimeout): a stalled upload. */
   REQUEST_TIMEOUT: 408,
   MODEL_NOT_FOUND: 404,
   NOT_FOUND: 404,
+  ENCODER_NOT_FOUND: 404,
   BODY_TOO_LARGE: 413,
   BATCH_TOO_LARGE: 413,
+  IMAGE_TOO_LARGE: 413,
   UNSUPPORTED_MEDIA_TYPE: 415,
   UNSUPPORTED_CONTENT_ENCODING: 415,
   /** An `Expect` header other than `100-continue`. */

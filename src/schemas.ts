@@ -161,6 +161,82 @@ export const decodeSchema: FastifySchema = {
   },
 };
 
+const encodeOptions = {
+  model: { type: 'string', description: 'A served model that encodes (GET /v1/models, directions); default: the default model if it encodes, else the first that does' },
+  shape: { ...options.shape, description: 'A tensor body\'s shape, [N, 3, H, W] or [3, H, W] (values in [-1, 1]); without it a raw body must be an image' },
+  dtype: { ...options.dtype, description: 'A tensor body\'s element type' },
+  output_dtype: { type: 'string', enum: [...WIRE_DTYPES], default: 'float32', description: 'The answer\'s element type' },
+  sample_mode: {
+    type: 'string', enum: ['mode', 'argmax', 'sample'], default: 'mode',
+    description: 'mode (alias argmax): the posterior mean, deterministic; sample: mean + std·ε (KL encoders; TAESD is deterministic), ε from a seeded generator of our own (it cannot reproduce torch\'s)',
+  },
+  seed: { type: 'integer', minimum: 0, maximum: 4294967295, description: 'sample_mode=sample: the noise\'s seed; default: a fresh one' },
+  scaling_factor: { type: 'number', not: { const: 0 }, description: 'The answer is (z − shift_factor) × scaling_factor; default: the model\'s (FLUX.2: its per-channel statistics)' },
+  shift_factor: { type: 'number', description: 'See scaling_factor; default: the model\'s' },
+  do_scaling: { type: 'boolean', default: true, description: 'false: the latents as the VAE makes them (decoder space)' },
+  layout: { ...options.layout, description: 'The answer\'s order: nchw [N, C, h, w] or nhwc [N, h, w, C]' },
+  pack: { type: 'boolean', default: false, description: 'FLUX-packed answer [N, (H/16)·(W/16), 4C] with height and width headers (sides must be multiples of 16)' },
+  resize: { type: 'boolean', default: true, description: 'An image whose sides are not multiples of 8 (16 packed or FLUX.2) is resized down to the nearest multiple with Lanczos-3 (sharp; diffusers uses PIL\'s Lanczos: a level or so apart); false: 400' },
+} as const;
+
+export const encodeSchema: FastifySchema = {
+  summary: 'Encode images to latents',
+  description: [
+    'Encodes an image with the model\'s VAE encoder (a model folder\'s encoder.onnx), as diffusers\' vae.encode and VaeImageProcessor.preprocess do.',
+    'The body is an image (PNG, JPEG or WebP, told by its bytes: no Content-Type needed; an animated image\'s first frame) or a tensor [N, 3, H, W] in [-1, 1]:',
+    'raw bytes with shape and dtype in the query string, a .npy file, or JSON with the base64 "latents" field as on /decode.',
+    'Images become RGB (alpha dropped, grayscale expanded, 16-bit reduced, CMYK converted) and x / 127.5 − 1. Requests batch with others of the same model and image size.',
+    'The answer is the latents as raw bytes with `shape` and `dtype` headers (what diffusers\' remote_encode reads), or .npy (Accept: application/x-npy), or JSON (Accept: application/json).',
+  ].join(' '),
+  tags: ['encode'],
+  querystring: { type: 'object', properties: encodeOptions },
+  headers: decodeSchema.headers,
+  body: {
+    content: {
+      'image/png': { schema: { ...binary, description: 'A PNG image (also without Content-Type)' } },
+      'image/jpeg': { schema: binary },
+      'image/webp': { schema: binary },
+      'application/octet-stream': { schema: { ...binary, description: 'An image, or a raw little-endian tensor with shape and dtype in the query string' } },
+      'application/x-npy': { schema: { ...binary, description: 'A NumPy .npy tensor [N, 3, H, W] (float32 or float16)' } },
+      'application/json': {
+        schema: {
+          type: 'object', required: ['latents', 'shape'],
+          properties: { latents: { type: 'string', contentEncoding: 'base64', description: 'The raw little-endian image tensor, base64 (the same field as on /decode)' }, ...encodeOptions },
+        },
+      },
+    },
+  },
+  response: {
+    200: {
+      description: 'The latents',
+      headers: {
+        shape: { type: 'string', description: 'JSON array: [N, C, h, w], [N, h, w, C] (layout=nhwc) or [N, seq, 4C] (pack=true); FLUX.2: C is 4 × 32 patchified channels' },
+        dtype: { type: 'string', enum: [...WIRE_DTYPES] },
+        height: { type: 'integer', description: 'pack=true: the image height in pixels' },
+        width: { type: 'integer', description: 'pack=true: the image width in pixels' },
+        'server-timing': { type: 'string', description: 'parse, queue, infer and encode (the answer\'s bytes) durations' },
+      },
+      content: {
+        'application/octet-stream': { schema: { ...binary, description: 'The latents, little-endian, C order' } },
+        'application/x-npy': { schema: binary },
+        'application/json': {
+          schema: {
+            type: 'object', required: ['latents', 'shape', 'dtype'],
+            properties: {
+              latents: { type: 'string', contentEncoding: 'base64' },
+              shape: { type: 'array', items: { type: 'integer' } },
+              dtype: { type: 'string', enum: [...WIRE_DTYPES] },
+              height: { type: 'integer' },
+              width: { type: 'integer' },
+            },
+          },
+        },
+      },
+    },
+    ...errors(400, 401, 404, 413, 415, 422, 429, 500, 503, 504),
+  },
+};
+
 const literal = (value: string): object => ({ type: 'string', enum: [value] });
 
 export const healthzSchema: FastifySchema = {
@@ -198,9 +274,10 @@ export const modelsSchema: FastifySchema = {
           type: 'array',
           items: {
             type: 'object',
-            required: ['name', 'default', 'family', 'channels', 'instances', 'precision', 'scalingFactor', 'shiftFactor', 'provider', 'ready', 'builtin', 'source'],
+            required: ['name', 'default', 'directions', 'family', 'channels', 'instances', 'precision', 'scalingFactor', 'shiftFactor', 'provider', 'ready', 'builtin', 'source'],
             properties: {
               name: { type: 'string' },
+              directions: { type: 'array', items: { type: 'string', enum: ['decode', 'encode'] }, description: 'What it serves: decode (POST /decode), encode (POST /encode)' },
               default: { type: 'boolean' },
               family: { type: ['string', 'null'], description: 'Model family (sd1, sdxl, sd3, flux, taesd, ...), when the model names one' },
               channels: { type: ['integer', 'null'], description: 'Latent channels (null for a model that did not load)' },

@@ -110,7 +110,7 @@ test('metrics: requests, outcomes, stages, batches, queue depth and models after
     const type = e.types.get(name) as keyof typeof expectedTypes | undefined;
     assert.ok(type && expectedTypes[type].test(name), `${name}: type ${type}`);
   }
-  const allowed = new Set(['model', 'outcome', 'stage', 'format', 'le', 'provider', 'precision']);
+  const allowed = new Set(['model', 'direction', 'outcome', 'stage', 'format', 'le', 'provider', 'precision']);
   for (const s of e.samples.filter((x) => ours.some((n) => x.name.startsWith(n)))) {
     for (const l of Object.keys(s.labels)) assert.ok(allowed.has(l), `${s.name} has label ${l}`);
   }

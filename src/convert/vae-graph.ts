@@ -6,7 +6,7 @@ import type { VaeConfig } from './vae-weights.js';
 
 export const INPUT_NAME = 'latent_sample';
 export const OUTPUT_NAME = 'sample';
-const GROUPS = 32;
+export const GROUPS = 32;
 const NORM_EPS = 1e-6;
 
 export interface WeightRef {
@@ -23,15 +23,17 @@ export interface DecoderGraph {
   weights: WeightRef[];
 }
 
-class Builder {
-  readonly g = new GraphBuilder('vae_decoder');
+/** The KL VAE's building blocks (GroupNorm, resnets, attention) over canonical LDM weight names; the encoder graph reuses them. */
+export class Builder {
+  readonly g: GraphBuilder;
   readonly weights: WeightRef[] = [];
   private readonly fp16: boolean;
   private readonly normShape: string;
   private readonly normScale: string;
   private readonly normBias: string;
 
-  constructor(readonly type: ElemType) {
+  constructor(readonly type: ElemType, graphName = 'vae_decoder') {
+    this.g = new GraphBuilder(graphName);
     this.fp16 = type === 'float16';
     this.normShape = this.g.ints('group_shape', [0, GROUPS, -1]);
     this.normScale = this.g.constant('group_ones', 'float32', [GROUPS], new Float32Array(GROUPS).fill(1));

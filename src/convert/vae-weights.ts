@@ -17,10 +17,11 @@ export interface VaeConfig {
 
 // Where a checkpoint keeps its VAE: a full LDM checkpoint, some merged single-file checkpoints,
 // or a bare VAE file.
-const PREFIXES = ['first_stage_model.', 'vae.', ''];
+export const PREFIXES = ['first_stage_model.', 'vae.', ''];
 
-const DIFFUSERS_ATTN: Record<string, string> = { norm: 'group_norm', q: 'to_q', k: 'to_k', v: 'to_v', proj_out: 'to_out.0' };
-const LEGACY_ATTN: Record<string, string> = { norm: 'group_norm', q: 'query', k: 'key', v: 'value', proj_out: 'proj_attn' };
+/** The mid-block attention's LDM names → diffusers' (and legacy diffusers') names; the encoder's are the same. */
+export const DIFFUSERS_ATTN: Record<string, string> = { norm: 'group_norm', q: 'to_q', k: 'to_k', v: 'to_v', proj_out: 'to_out.0' };
+export const LEGACY_ATTN: Record<string, string> = { norm: 'group_norm', q: 'query', k: 'key', v: 'value', proj_out: 'proj_attn' };
 
 /** The key a canonical (unprefixed LDM) name has in the given layout. */
 export function layoutKey(canonical: string, layout: KeyLayout, levels: number): string {
@@ -94,7 +95,8 @@ export class VaeWeights extends LayoutWeights {
   }
 }
 
-function countIndices(keys: string[], re: RegExp): number {
+/** One more than the largest index `re` captures in `keys` (0 when none matches): how many levels or blocks. */
+export function countIndices(keys: string[], re: RegExp): number {
   let max = -1;
   for (const k of keys) {
     const m = re.exec(k);

@@ -2,7 +2,11 @@
 // ArrayBuffers, never copied.
 import type { ExecutionProvider } from '../config.js';
 
-export type OutputName = 'image' | 'sample';
+/** Decoders: 'image' (uint8 NHWC) and 'sample' (float NCHW); encoders: the posterior's 'mean' and 'std'. */
+export type OutputName = 'image' | 'sample' | 'mean' | 'std';
+
+/** What a model file does: latents → image (decode) or image → latents (encode). */
+export type Direction = 'decode' | 'encode';
 
 export interface WorkerInit {
   /** An ONNX file, or the model's bytes for built-in models. */
@@ -16,6 +20,8 @@ export interface WorkerInit {
   warmupLatentSizes?: [number, number][];
   /** A GPU warms up every batch size up to this. */
   maxBatchSize: number;
+  /** 'encode': an encoder graph (encoder.onnx), run as it is, without the decoder's postprocess. */
+  direction?: Direction;
 }
 
 export interface ModelIo {
@@ -24,8 +30,12 @@ export interface ModelIo {
   inputType: 'float32' | 'float16';
   /** The input's declared shape; strings are dynamic dimensions. */
   inputShape: readonly (number | string)[];
+  /** The input's channels: latent channels for a decoder, 3 for an encoder. */
   channels: number;
   outputName: string;
+  /** Encoders: the latent channels they output, and whether they have a std output. */
+  latentChannels?: number;
+  hasStd?: boolean;
   provider: ExecutionProvider;
   loadMs: number;
   warmupMs: number;
@@ -36,7 +46,7 @@ export interface ModelIo {
 export interface RunRequest {
   type: 'run';
   id: number;
-  /** float32 NCHW decoder-space latents. */
+  /** float32 NCHW: decoder-space latents, or an encoder's images in [-1, 1]. */
   data: ArrayBuffer;
   dims: [number, number, number, number];
   fetch: OutputName[];
@@ -56,6 +66,10 @@ export interface RunOutputs {
   image?: ArrayBuffer;
   /** float32 NCHW decoder output [N, 3, 8h, 8w]. */
   sample?: ArrayBuffer;
+  /** Encoders: float32 NCHW posterior mean [N, C, H/8, W/8] (TAESD: its latents). */
+  mean?: ArrayBuffer;
+  /** Encoders: float32 NCHW posterior std (KL encoders only). */
+  std?: ArrayBuffer;
 }
 
 export type WorkerMessage =

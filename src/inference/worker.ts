@@ -7,8 +7,9 @@ import { readRegularFile } from '../files.js';
 import { decodeModel } from '../onnx/graph.js';
 import { describeNonFinite, nonFiniteWeights } from '../onnx/finite.js';
 import { halfBitsToFloat32, toFloat16Bits } from '../tensor/dtype.js';
+import { ENCODER_MEAN, ENCODER_STD, encoderIo } from '../onnx/encoder-io.js';
 import { IMAGE_OUTPUT, NONFINITE_OUTPUT, withPostprocess } from '../onnx/postprocess.js';
-import type { MainMessage, ModelIo, RunOutputs, WorkerInit, WorkerMessage } from './protocol.js';
+import type { MainMessage, ModelIo, OutputName, RunOutputs, WorkerInit, WorkerMessage } from './protocol.js';
 import { warmupPlan } from './warmup.js';
 
 const init = workerData as WorkerInit;
@@ -58,7 +59,14 @@ async function main(): Promise<void> {
   const model = decodeModel(original);
   const broken = nonFiniteWeights(model);
   if (broken.length > 0) throw new DefectError(describeNonFinite(broken));
-  const { bytes, io } = withPostprocess(original, model);
+  // An encoder runs as it is; a decoder gets the in-graph postprocess (uint8 image, finite check).
+  const enc = init.direction === 'encode' ? encoderIo(model) : undefined;
+  const { bytes, io } = enc
+    ? { bytes: original, io: { input: enc.input, output: ENCODER_MEAN, metadata: enc.metadata, finiteCheck: false } }
+    : withPostprocess(original, model);
+  const names: Record<OutputName, string> = { image: IMAGE_OUTPUT, sample: io.output, mean: ENCODER_MEAN, std: ENCODER_STD };
+  // warm-up sizes are latent sizes: an encoder takes images 8× their side
+  const up = enc ? 8 : 1;
   const { session, provider } = await createSession(bytes);
   const meta = session.inputMetadata.find((m) => m.name === io.input);
   if (!meta || !meta.isTensor) throw new Error(`the model has no tensor input ${io.input}`);
@@ -82,8 +90,9 @@ async function main(): Promise<void> {
   const plan = warmupPlan(provider, init.warmupLatentSizes, init.maxBatchSize);
   const w0 = performance.now();
   for (const [n, h, w] of plan) {
-    const dims = meta.shape.map((d, i) => (typeof d === 'number' ? d : [n, channels, h, w][i]!));
-    const res = await run(new Float32Array(dims.reduce((a, b) => a * b, 1)), dims, [IMAGE_OUTPUT, io.output, ...(io.finiteCheck ? [NONFINITE_OUTPUT] : [])]);
+    const dims = meta.shape.map((d, i) => (typeof d === 'number' ? d : [n, channels, h * up, w * up][i]!));
+    const fetch = enc ? [ENCODER_MEAN] : [IMAGE_OUTPUT, io.output, ...(io.finiteCheck ? [NONFINITE_OUTPUT] : [])];
+    const res = await run(new Float32Array(dims.reduce((a, b) => a * b, 1)), dims, fetch);
     // zero latents decode to finite pixels in any working decoder: NaN here is the model's fault
     if (io.finiteCheck && (res[NONFINITE_OUTPUT]!.data as Float32Array).some((v) => v !== 0)) {
       throw new DefectError(`warm-up on zero latents [${dims.join(', ')}] produced NaN or infinite values: the model's weights or its float16 range are broken`);
@@ -92,7 +101,8 @@ async function main(): Promise<void> {
   const warmupMs = performance.now() - w0;
   post({ type: 'log', level: 'info', msg: 'warm-up', data: { provider, shapes: plan.map((s) => s.join('x')), ms: Math.round(warmupMs) } });
 
-  post({ type: 'ready', io: { inputName: io.input, inputType, inputShape: meta.shape, channels, outputName: io.output, provider, loadMs, warmupMs, metadata: io.metadata } });
+  post({ type: 'ready', io: { inputName: io.input, inputType, inputShape: meta.shape, channels, outputName: io.output, provider, loadMs, warmupMs, metadata: io.metadata,
+    ...(enc ? { latentChannels: enc.latentChannels, hasStd: enc.hasStd } : {}) } });
 
   // Runs started and not yet answered: close waits for them, since the native run begins in a
   // setImmediate after `session.run` returns its promise, and releasing the session under it aborts.
@@ -103,15 +113,17 @@ async function main(): Promise<void> {
       return;
     }
     const t = performance.now();
-    const fetch = req.fetch.map((f) => (f === 'image' ? IMAGE_OUTPUT : io.output));
+    const fetch = req.fetch.map((f) => names[f]);
     if (io.finiteCheck) fetch.push(NONFINITE_OUTPUT);
     const done = run(new Float32Array(req.data), req.dims, fetch).then(
       (res) => {
         const flags = io.finiteCheck ? (res[NONFINITE_OUTPUT]!.data as Float32Array) : [];
         const outputs: RunOutputs = { nonFinite: [...flags.keys()].filter((i) => flags[i] !== 0) };
         const transfer: ArrayBuffer[] = [];
-        if (req.fetch.includes('image')) transfer.push((outputs.image = owned(res[IMAGE_OUTPUT]!.data as Uint8Array)));
-        if (req.fetch.includes('sample')) transfer.push((outputs.sample = owned(toFloat32(res[io.output]!))));
+        for (const f of req.fetch) {
+          const t = res[names[f]]!;
+          transfer.push((outputs[f] = owned(f === 'image' ? (t.data as Uint8Array) : toFloat32(t))));
+        }
         post({ type: 'result', id: req.id, outputs, ms: performance.now() - t }, transfer);
       },
       (e: unknown) => post({ type: 'error', id: req.id, message: (e as Error).message }),

@@ -5,6 +5,7 @@
 // long, nor do several.
 import { ServiceError } from '../errors.js';
 import { BYTES_PER_ELEMENT, halfFloatTable, type WireDtype } from '../tensor/dtype.js';
+import { denormalizeToDecoderSpace } from './denormalize.js';
 import type { LatentPlan, LatentTensor } from './parse.js';
 
 const YIELD_EVERY = 1 << 18;
@@ -41,6 +42,7 @@ interface Bad {
  *   value and its position in the wire shape.
  */
 export async function toDecoderSpace(plan: LatentPlan, bytes: Uint8Array): Promise<LatentTensor> {
+  if (plan.stats) return denormalizeToDecoderSpace({ ...plan, stats: plan.stats }, bytes, MAX_LATENT_MAGNITUDE);
   const [n, c, h, w] = plan.shape;
   const valuesPerSample = c * h * w;
   const out = new Float32Array(n * valuesPerSample);

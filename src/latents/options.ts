@@ -40,7 +40,7 @@ export const OPTION_NAMES = [
   'output_type', 'partial_postprocess', 'layout', 'height', 'width', 'tile_size', 'tile_overlap',
 ] as const;
 
-type Raw = unknown;
+export type Raw = unknown;
 
 const FORMATS: Record<string, ImageFormat> = { png: 'png', jpeg: 'jpeg', jpg: 'jpeg', webp: 'webp' };
 const OUTPUT_TYPES: Record<string, OutputType> = { pil: 'image', image: 'image', pt: 'tensor', tensor: 'tensor' };
@@ -64,13 +64,15 @@ function scalar(name: string, v: Raw, from: OptionSource): string | number | boo
   throw new ServiceError('BAD_PARAMETER', `${name} must be a string, number or boolean, not ${show(v)}`);
 }
 
-function str(name: string, v: Raw, from: OptionSource): string | undefined {
+/** A string option (undefined when absent); BAD_PARAMETER for another type or a repeated key. */
+export function str(name: string, v: Raw, from: OptionSource): string | undefined {
   const s = scalar(name, v, from);
   if (s === undefined || typeof s === 'string') return s;
   throw new ServiceError('BAD_PARAMETER', `${name} must be a string, not ${show(s)}`);
 }
 
-function bool(name: string, v: Raw, from: OptionSource, def: boolean): boolean {
+/** A boolean option: true/false/True/False/1/0; `def` when absent. */
+export function bool(name: string, v: Raw, from: OptionSource, def: boolean): boolean {
   const s = scalar(name, v, from);
   if (s === undefined) return def;
   if (typeof s === 'boolean') return s;
@@ -79,7 +81,8 @@ function bool(name: string, v: Raw, from: OptionSource, def: boolean): boolean {
   throw new ServiceError('BAD_PARAMETER', `${name}=${show(s)} is not a boolean: use true/false/True/False/1/0`);
 }
 
-function num(name: string, v: Raw, from: OptionSource, integer: boolean, check: (x: number) => boolean, expected: string): number | undefined {
+/** A decimal number option passing `check` (integers only when `integer`); BAD_PARAMETER naming `expected` otherwise. */
+export function num(name: string, v: Raw, from: OptionSource, integer: boolean, check: (x: number) => boolean, expected: string): number | undefined {
   const s = scalar(name, v, from);
   if (s === undefined || s === '') return undefined;
   const bad = (): ServiceError => new ServiceError('BAD_PARAMETER', `${name}=${show(s)} is not valid: expected ${expected}`);

@@ -7,6 +7,7 @@ import { ServiceError } from '../errors.js';
 import { BYTES_PER_ELEMENT, type WireDtype } from '../tensor/dtype.js';
 import { parseNpyHeader, type NpyDtype, type NpyHeader } from '../tensor/npy.js';
 import { scanJsonBody } from './json-body.js';
+import type { ChannelStats } from './normalize.js';
 import { parseOptions, rejectQueryOptions, type DecodeOptions } from './options.js';
 
 export type BodyKind = 'raw' | 'npy' | 'json';
@@ -31,10 +32,15 @@ export interface ModelLimits {
   scalingFactor: number;
   shiftFactor: number;
   maxLatentSide: number;
+  /** Per-channel statistics of the denoiser's space (FLUX.2), used instead of the factors. */
+  stats?: ChannelStats;
 }
 
-/** How the wire elements are ordered: NCHW, NHWC, or FLUX-packed [N, (H/16)(W/16), 4C]. */
-export type WireOrder = 'nchw' | 'nhwc' | 'packed';
+/**
+ * How the wire elements are ordered: NCHW, NHWC, FLUX-packed [N, (H/16)(W/16), 4C], or
+ * patchified [N, C·p², h/p, w/p] (FLUX.2's denoiser space, p from the model's statistics).
+ */
+export type WireOrder = 'nchw' | 'nhwc' | 'packed' | 'patched';
 
 /** The latents checked against a model: how to read them and what comes out. */
 export interface LatentPlan {
@@ -47,6 +53,8 @@ export interface LatentPlan {
   shape: [number, number, number, number];
   scale: number;
   shift: number;
+  /** The model's per-channel statistics, when they apply (do_scaling and no factors given). */
+  stats?: ChannelStats;
 }
 
 const RAW_TYPES = new Set(['', 'application/octet-stream', 'tensor/binary', 'binary/octet-stream']);
@@ -123,6 +131,13 @@ export function checkShape(o: DecodeOptions, model: ModelLimits): Omit<LatentPla
     order = 'packed';
     wireShape = s;
     shape = unpackedShape(s, o.height!, o.width!, model);
+  } else if (patchedChannels(o, model) === s[s.length - 3] && o.layout === 'nchw') {
+    // FLUX.2's denoiser space: C·p² channels at 1/p of the decoder's side
+    const p = model.stats!.patch;
+    order = 'patched';
+    wireShape = s.length === 3 ? [1, ...s] : s;
+    const [n, , b, c] = wireShape as [number, number, number, number];
+    shape = [n, model.channels, b * p, c * p];
   } else {
     order = o.layout;
     wireShape = s.length === 3 ? [1, ...s] : s;
@@ -133,6 +148,17 @@ export function checkShape(o: DecodeOptions, model: ModelLimits): Omit<LatentPla
   }
   checkSide(shape, model);
   return { order, wireShape, shape };
+}
+
+/** The channel count of the model's patchified space when its statistics apply (p > 1), else undefined. */
+function patchedChannels(o: DecodeOptions, model: ModelLimits): number | undefined {
+  const p = model.stats?.patch ?? 1;
+  return p > 1 && statsApply(o, model) ? model.channels * p * p : undefined;
+}
+
+/** The model's statistics replace the factors unless the request scales itself or names factors. */
+function statsApply(o: DecodeOptions, model: ModelLimits): boolean {
+  return model.stats !== undefined && o.doScaling && o.scalingFactor === undefined && o.shiftFactor === undefined;
 }
 
 function unpackedShape(s: number[], height: number, width: number, model: ModelLimits): [number, number, number, number] {
@@ -233,5 +259,9 @@ export function planLatents(wire: WireLatents, model: ModelLimits): LatentPlan {
   // do_scaling=false means the client already scaled.
   const scale = o.doScaling ? (o.scalingFactor ?? model.scalingFactor) : 1;
   const shift = o.doScaling ? (o.shiftFactor ?? model.shiftFactor) : 0;
-  return { ...resolved, options: o, dtype: o.dtype, scale, shift };
+  // Statistics over 2×2 patches read patchified or FLUX-packed latents (packing is 2×2 too);
+  // unpatchified latents of such a model are in the decoder's space already (its factors are 1 and 0).
+  const p = model.stats?.patch;
+  const stats = statsApply(o, model) && (p === 1 || resolved.order === 'patched' || (resolved.order === 'packed' && p === 2));
+  return { ...resolved, options: o, dtype: o.dtype, scale, shift, ...(stats ? { stats: model.stats! } : {}) };
 }

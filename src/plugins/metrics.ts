@@ -6,10 +6,12 @@ import type { FastifyInstance, FastifyRequest } from 'fastify';
 import fp from 'fastify-plugin';
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
 import type { BatchInfo } from '../batching/batcher.js';
+import type { Direction } from '../inference/protocol.js';
 import { ErrorCodes } from '../errors.js';
 import { refusalOn } from '../http-server.js';
 import type { ImageFormat } from '../latents/options.js';
 import type { ModelRegistry } from '../serving/registry.js';
+import type { ServedEncoder } from '../serving/served-encoder.js';
 import type { ServedModel } from '../serving/served-model.js';
 import type {} from './models.js'; // the `models` decorator
 
@@ -38,6 +40,8 @@ export interface DecodeEvent {
   samples: number;
   /** What an ok answer carried: an image format or the raw tensor. */
   format?: ImageFormat | 'tensor';
+  /** Which route: /decode (the default) or /encode. */
+  direction?: Direction;
 }
 
 /** What the decode route learns about a request as it goes; recorded once, when it ends. */
@@ -46,6 +50,8 @@ export interface DecodeNote {
   timings: StageTimings;
   samples: number;
   format?: ImageFormat | 'tensor';
+  /** /encode's requests say so; /decode's leave it unset. */
+  direction?: Direction;
 }
 
 /** The outcome label of an answer's status (499: the client closed the connection first). */
@@ -73,15 +79,16 @@ export interface MetricsSource {
 
 export class Metrics {
   readonly register = new Registry();
-  private readonly requests: Counter<'model' | 'outcome'>;
-  private readonly requestSeconds: Histogram<'model' | 'outcome'>;
-  private readonly stageSeconds: Histogram<'model' | 'stage'>;
+  private readonly requests: Counter<'model' | 'direction' | 'outcome'>;
+  private readonly requestSeconds: Histogram<'model' | 'direction' | 'outcome'>;
+  private readonly stageSeconds: Histogram<'model' | 'direction' | 'stage'>;
   private readonly decodedSamples: Counter<'model' | 'format'>;
-  private readonly batches: Counter<'model'>;
-  private readonly batchFailures: Counter<'model'>;
-  private readonly batchSamples: Counter<'model'>;
-  private readonly batchSize: Histogram<'model'>;
-  private readonly inferenceSeconds: Histogram<'model'>;
+  private readonly encodedSamples: Counter<'model'>;
+  private readonly batches: Counter<'model' | 'direction'>;
+  private readonly batchFailures: Counter<'model' | 'direction'>;
+  private readonly batchSamples: Counter<'model' | 'direction'>;
+  private readonly batchSize: Histogram<'model' | 'direction'>;
+  private readonly inferenceSeconds: Histogram<'model' | 'direction'>;
   /** Models whose counters have been set to 0, so that rate() works from their first request. */
   private readonly initialized = new Set<string>();
 
@@ -91,46 +98,55 @@ export class Metrics {
     const name = (n: string): string => METRIC_PREFIX + n;
 
     const models = (): ServedModel[] => [...(source.registry?.models.values() ?? [])];
+    const encoders = (): ServedEncoder[] => [...(source.registry?.encoders.values() ?? [])];
     this.requests = new Counter({
-      name: name('requests_total'), help: 'Decode requests, each once however it ended, by outcome (ok, rejected, timed_out, cancelled, bad_request, error); model "none" includes requests Node\'s HTTP parser refused',
-      labelNames: ['model', 'outcome'], registers,
+      name: name('requests_total'), help: 'Requests, each once however it ended, by direction (decode, encode) and outcome (ok, rejected, timed_out, cancelled, bad_request, error); model "none" includes requests Node\'s HTTP parser refused',
+      labelNames: ['model', 'direction', 'outcome'], registers,
       // The first of these metrics on a scrape: the counters below it are initialized in time.
-      collect: () => this.initialize(models().map((m) => m.name)),
+      collect: () => this.initialize([...models().map((m) => [m.name, 'decode'] as const), ...encoders().map((m) => [m.name, 'encode'] as const)]),
     });
     this.requestSeconds = new Histogram({
-      name: name('request_duration_seconds'), help: 'Whole decode request, from its arrival to the answer, by outcome',
-      labelNames: ['model', 'outcome'], buckets: SECONDS_BUCKETS, registers,
+      name: name('request_duration_seconds'), help: 'Whole request, from its arrival to the answer, by direction and outcome',
+      labelNames: ['model', 'direction', 'outcome'], buckets: SECONDS_BUCKETS, registers,
     });
     this.stageSeconds = new Histogram({
       name: name('stage_duration_seconds'),
-      help: 'Time a decode request spent in one stage: parse (body to tensor), queue (wait for a batch), infer (the batch run(s) it was in), encode (tensor to images)',
-      labelNames: ['model', 'stage'], buckets: SECONDS_BUCKETS, registers,
+      help: 'Time a request spent in one stage: parse (body to tensor), queue (wait for a batch), infer (the batch run(s) it was in), encode (the answer\'s bytes: images, or latents for /encode)',
+      labelNames: ['model', 'direction', 'stage'], buckets: SECONDS_BUCKETS, registers,
     });
     this.decodedSamples = new Counter({
       name: name('decoded_samples_total'), help: 'Samples decoded and returned, by output format (png, jpeg, webp, tensor)',
       labelNames: ['model', 'format'], registers,
     });
-    this.batches = new Counter({ name: name('batches_total'), help: 'Batches run by the inference worker', labelNames: ['model'], registers });
-    this.batchFailures = new Counter({ name: name('batch_failures_total'), help: 'Batches whose inference run failed', labelNames: ['model'], registers });
-    this.batchSamples = new Counter({ name: name('batch_samples_total'), help: 'Samples in all batches run (divide by batches_total for the mean batch size)', labelNames: ['model'], registers });
+    this.encodedSamples = new Counter({ name: name('encoded_samples_total'), help: 'Images encoded to latents and returned', labelNames: ['model'], registers });
+    const perBatch = ['model', 'direction'] as const;
+    this.batches = new Counter({ name: name('batches_total'), help: 'Batches run by the inference worker', labelNames: perBatch, registers });
+    this.batchFailures = new Counter({ name: name('batch_failures_total'), help: 'Batches whose inference run failed', labelNames: perBatch, registers });
+    this.batchSamples = new Counter({ name: name('batch_samples_total'), help: 'Samples in all batches run (divide by batches_total for the mean batch size)', labelNames: perBatch, registers });
     this.batchSize = new Histogram({
-      name: name('batch_size_samples'), help: 'Samples per batch run', labelNames: ['model'], buckets: BATCH_SIZE_BUCKETS, registers,
+      name: name('batch_size_samples'), help: 'Samples per batch run', labelNames: perBatch, buckets: BATCH_SIZE_BUCKETS, registers,
     });
     this.inferenceSeconds = new Histogram({
-      name: name('inference_duration_seconds'), help: 'One batch run in the inference worker', labelNames: ['model'], buckets: SECONDS_BUCKETS, registers,
+      name: name('inference_duration_seconds'), help: 'One batch run in the inference worker', labelNames: perBatch, buckets: SECONDS_BUCKETS, registers,
     });
 
     const perModel = (g: Gauge<'model'>, value: (m: ServedModel) => number): void => {
       g.reset();
       for (const m of models()) g.set({ model: m.name }, value(m));
     };
-    const queue: Gauge<'model'> = new Gauge({
-      name: name('queue_samples'), help: 'Samples waiting in the batcher queue (the autoscaling signal)', labelNames: ['model'], registers,
-      collect: () => perModel(queue, (m) => m.batcher.waitingSamples),
+    // decoders and encoders queue apart (they run different sessions): one series per direction
+    const perQueue = (g: Gauge<'model' | 'direction'>, value: (b: ServedModel['batcher'] | ServedEncoder['batcher']) => number): void => {
+      g.reset();
+      for (const m of models()) g.set({ model: m.name, direction: 'decode' }, value(m.batcher));
+      for (const m of encoders()) g.set({ model: m.name, direction: 'encode' }, value(m.batcher));
+    };
+    const queue: Gauge<'model' | 'direction'> = new Gauge({
+      name: name('queue_samples'), help: 'Samples waiting in the batcher queue (the autoscaling signal), by direction', labelNames: ['model', 'direction'], registers,
+      collect: () => perQueue(queue, (b) => b.waitingSamples),
     });
-    const running: Gauge<'model'> = new Gauge({
-      name: name('running_batches'), help: 'Batches in the inference worker now', labelNames: ['model'], registers,
-      collect: () => perModel(running, (m) => m.batcher.runningBatches),
+    const running: Gauge<'model' | 'direction'> = new Gauge({
+      name: name('running_batches'), help: 'Batches in the inference worker now, by direction', labelNames: ['model', 'direction'], registers,
+      collect: () => perQueue(running, (b) => b.runningBatches),
     });
     const inflight: Gauge = new Gauge({
       name: name('inflight_requests'), help: 'Decode requests accepted and not yet answered', registers,
@@ -207,37 +223,42 @@ export class Metrics {
 
   /** A request Node's HTTP parser answered (400, 408, 431) before any route saw it: model "none". */
   readonly onUnrouted = (status: number): void => {
-    this.requests.inc({ model: 'none', outcome: outcomeOf(status) });
+    this.requests.inc({ model: 'none', direction: 'decode', outcome: outcomeOf(status) });
   };
 
   /** Records one request's end (countRequests calls it once per request). */
   readonly onDecode = (e: DecodeEvent): void => {
     // "none" when the request failed before a model was chosen: never the client's model name.
     const model = e.model ?? 'none';
-    this.requests.inc({ model, outcome: e.outcome });
-    this.requestSeconds.observe({ model, outcome: e.outcome }, e.seconds);
+    const direction = e.direction ?? 'decode';
+    this.requests.inc({ model, direction, outcome: e.outcome });
+    this.requestSeconds.observe({ model, direction, outcome: e.outcome }, e.seconds);
     for (const stage of STAGES) {
       const ms = e.timings[stage];
-      if (ms !== undefined) this.stageSeconds.observe({ model, stage }, ms / 1000);
+      if (ms !== undefined) this.stageSeconds.observe({ model, direction, stage }, ms / 1000);
     }
-    if (e.outcome === 'ok' && e.format) this.decodedSamples.inc({ model, format: e.format }, e.samples);
+    if (e.outcome !== 'ok') return;
+    if (direction === 'encode') this.encodedSamples.inc({ model }, e.samples);
+    else if (e.format) this.decodedSamples.inc({ model, format: e.format }, e.samples);
   };
 
   /** The models' batch listener: once per batch run. */
-  readonly onBatch = (model: string, b: BatchInfo): void => {
-    this.batches.inc({ model });
-    this.batchSamples.inc({ model }, b.sampleCount);
-    this.batchSize.observe({ model }, b.sampleCount);
-    this.inferenceSeconds.observe({ model }, b.runMs / 1000);
-    if (!b.ok) this.batchFailures.inc({ model });
+  readonly onBatch = (model: string, b: BatchInfo, direction: Direction = 'decode'): void => {
+    const labels = { model, direction };
+    this.batches.inc(labels);
+    this.batchSamples.inc(labels, b.sampleCount);
+    this.batchSize.observe(labels, b.sampleCount);
+    this.inferenceSeconds.observe(labels, b.runMs / 1000);
+    if (!b.ok) this.batchFailures.inc(labels);
   };
 
-  private initialize(names: string[]): void {
-    for (const model of names) {
-      if (this.initialized.has(model)) continue;
-      this.initialized.add(model);
-      for (const outcome of Object.keys(OUTCOMES) as Outcome[]) this.requests.inc({ model, outcome }, 0);
-      for (const c of [this.batches, this.batchFailures, this.batchSamples]) c.inc({ model }, 0);
+  private initialize(served: (readonly [string, Direction])[]): void {
+    for (const [model, direction] of served) {
+      const key = `${direction}:${model}`;
+      if (this.initialized.has(key)) continue;
+      this.initialized.add(key);
+      for (const outcome of Object.keys(OUTCOMES) as Outcome[]) this.requests.inc({ model, direction, outcome }, 0);
+      for (const c of [this.batches, this.batchFailures, this.batchSamples]) c.inc({ model, direction }, 0);
     }
   }
 }

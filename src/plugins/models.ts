@@ -5,6 +5,7 @@ import type { FastifyInstance } from 'fastify';
 import fp from 'fastify-plugin';
 import type { BatchInfo } from '../batching/batcher.js';
 import type { Config } from '../config.js';
+import type { Direction } from '../inference/protocol.js';
 import type { RunnerLogger } from '../inference/runner.js';
 import { ModelRegistry } from '../serving/registry.js';
 import type { ServedModel } from '../serving/served-model.js';
@@ -16,7 +17,7 @@ declare module 'fastify' {
   }
 }
 
-export type BatchListener = (model: string, info: BatchInfo) => void;
+export type BatchListener = (model: string, info: BatchInfo, direction?: Direction) => void;
 
 export class ModelHost {
   /** Set once every model has loaded and warmed up. */
@@ -47,8 +48,8 @@ export class ModelHost {
   }
 
   async load(): Promise<ModelRegistry> {
-    this.registry = await ModelRegistry.load(this.cfg, this.log, (model, info) => {
-      for (const fn of this.listeners) fn(model, info);
+    this.registry = await ModelRegistry.load(this.cfg, this.log, (model, info, direction) => {
+      for (const fn of this.listeners) fn(model, info, direction);
     }, { onFatal: (err) => this.onFatal(err) });
     return this.registry;
   }
@@ -56,7 +57,8 @@ export class ModelHost {
   /** True when nothing is accepted, queued or running. */
   get idle(): boolean {
     if (this.inflight > 0) return false;
-    return [...(this.registry?.models.values() ?? [])].every((m) => m.batcher.waitingSamples === 0 && m.batcher.runningBatches === 0);
+    const reg = this.registry;
+    return [...(reg?.models.values() ?? []), ...(reg?.encoders.values() ?? [])].every((m) => m.batcher.waitingSamples === 0 && m.batcher.runningBatches === 0);
   }
 
   async close(): Promise<void> {

@@ -9,34 +9,14 @@ import type { OutputName } from '../inference/protocol.js';
 import { toDecoderSpace } from '../latents/fuse.js';
 import { formatFromAccept, parseOptions, type DecodeOptions } from '../latents/options.js';
 import { bodyKind, checkShape, planLatents, readBody, type BodyKind } from '../latents/parse.js';
-import type { StageTimings } from '../plugins/metrics.js';
-import type { ModelHost } from '../plugins/models.js';
 import { contentEncoding } from '../plugins/uploads.js';
 import { decodeSchema, documentOnly } from '../schemas.js';
+import type { ModelRegistry } from '../serving/registry.js';
 import type { DecodeTicket, ServedModel } from '../serving/served-model.js';
-import { decodeTiled, queueDemand, tilingFor, type QueueDemand } from '../serving/tiled.js';
+import { decodeTiled, queueDemand, tilingFor } from '../serving/tiled.js';
+import { DISCARD_AT_MOST, registryOf, requestDeadlines, reservations, serverTiming } from './request.js';
 
-function timeoutMs(req: FastifyRequest, max: number): number {
-  const raw = req.headers['x-request-timeout-ms'];
-  if (raw === undefined) return max;
-  // Decimal only: Number() would also read 0x10, 1e3 and an empty string.
-  const v = typeof raw === 'string' && /^\d+(\.\d+)?$/.test(raw) ? Number(raw) : NaN;
-  if (!Number.isFinite(v) || v <= 0) {
-    throw new ServiceError('BAD_PARAMETER', `X-Request-Timeout-Ms ${JSON.stringify(raw)} is not a positive number of milliseconds`);
-  }
-  return Math.min(v, max); // shortens, never lengthens
-}
-
-/** Bytes of a refused request's unread body worth reading and discarding to keep its connection open. */
-const DISCARD_AT_MOST = 64 * 1024;
-
-function registryOf(host: ModelHost): NonNullable<ModelHost['registry']> {
-  if (host.draining) throw new ServiceError('SHUTTING_DOWN', 'the service is shutting down; retry on another replica');
-  if (!host.registry) throw new ServiceError('NOT_READY', 'the models are still loading; retry shortly');
-  return host.registry;
-}
-
-function modelOf(registry: NonNullable<ModelHost['registry']>, name: string | undefined): ServedModel {
+function modelOf(registry: ModelRegistry, name: string | undefined): ServedModel {
   return registry.resolve(name);
 }
 
@@ -54,38 +34,8 @@ function shapeBeforeBody(kind: BodyKind, opts: DecodeOptions, model: ServedModel
 export default async function decodeRoutes(app: FastifyInstance): Promise<void> {
   const cfg = app.config;
   const host = app.models;
-  /** Each admitted request's reservation, from before its body until its response has gone. */
-  const admitted = new WeakMap<FastifyRequest, { model: ServedModel; ticket: DecodeTicket }>();
-
-  /**
-   * Reserves in `model`'s queue everything decoding `shape` will queue (every tile when tiled),
-   * reusing the room the request already holds; 413 or 429 (Retry-After) when it cannot. The
-   * reservation is released when the response has gone or the connection closed, whichever
-   * comes first (and by the handler when it is done): an aborted request never keeps it.
-   */
-  function admit(req: FastifyRequest, reply: FastifyReply, model: ServedModel, { demands, wording }: QueueDemand): DecodeTicket {
-    const held = admitted.get(req);
-    if (held?.model === model) {
-      held.ticket.replace(demands, wording);
-      return held.ticket;
-    }
-    held?.ticket.release();
-    const ticket = model.batcher.reserve(demands, wording);
-    admitted.set(req, { model, ticket });
-    reply.raw.once('close', () => ticket.release());
-    return ticket;
-  }
-  // This plugin's own context: the other routes keep the app's parser.
-  app.removeAllContentTypeParsers();
-  /** Each request's deadline (performance.now() ms): REQUEST_TIMEOUT_MS or X-Request-Timeout-Ms from its arrival. */
-  const deadlines = new WeakMap<FastifyRequest, number>();
-  const deadlineOf = (req: FastifyRequest, reply: FastifyReply): number => {
-    let deadline = deadlines.get(req);
-    if (deadline === undefined) deadlines.set(req, (deadline = performance.now() - reply.elapsedTime + timeoutMs(req, cfg.requestTimeoutMs)));
-    return deadline;
-  };
-  // The body reader refuses a body still arriving at the deadline.
-  app.addContentTypeParser('*', (req, payload, done) => app.uploads.read(req, payload, { limit: req.routeOptions.bodyLimit ?? cfg.bodyLimitBytes, deadline: deadlines.get(req) }, done));
+  const { admit, release } = reservations<ServedModel, DecodeTicket>();
+  const deadlineOf = requestDeadlines(app);
   app.metrics.countRequests(app);
 
   /**
@@ -197,20 +147,10 @@ export default async function decodeRoutes(app: FastifyInstance): Promise<void> 
     } finally {
       clearTimeout(timer);
       reply.raw.off('close', onClose);
-      admitted.get(req)?.ticket.release();
+      release(req);
       host.inflight--;
     }
   });
-}
-
-/**
- * The stages' times for clients and load generators: `parse;dur=0.12, queue;dur=3.40, ...,
- * total;dur=…` (ms); total is Fastify's time since the request arrived, body reading included, so
- * total − infer − encode is the service's own overhead.
- */
-function serverTiming(timings: StageTimings, reply: FastifyReply): string {
-  const stages = Object.entries(timings).map(([k, v]) => `${k};dur=${(v as number).toFixed(2)}`);
-  return [...stages, `total;dur=${reply.elapsedTime.toFixed(2)}`].join(', ');
 }
 
 function concat(parts: Uint8Array[]): Uint8Array {

@@ -1,5 +1,6 @@
-// GET /v1/models: what is served, on which execution provider, with which factors, and whether
-// each model is ready by /readyz's rule (loaded, warmed, every worker running, not draining).
+// GET /v1/models: what is served, in which directions (decode, encode), on which execution provider,
+// with which factors, and whether each model is ready by /readyz's rule (loaded, warmed, every
+// worker running, not draining).
 import type { FastifyInstance } from 'fastify';
 import { modelsSchema } from '../schemas.js';
 
@@ -7,36 +8,43 @@ export default async function modelRoutes(app: FastifyInstance): Promise<void> {
   const host = app.models;
   app.get('/v1/models', { schema: modelsSchema }, async () => {
     const reg = host.registry;
-    return {
-      defaultModel: reg?.defaultName ?? null,
-      models: reg ? [...reg.models.values()].map((m): Record<string, unknown> => ({
-        name: m.name,
-        default: m.name === reg.defaultName,
-        family: m.family ?? null,
-        channels: m.channels,
-        instances: m.runners.length,
-        precision: m.precision,
-        scalingFactor: m.scalingFactor,
-        shiftFactor: m.shiftFactor,
-        provider: m.io.provider,
-        ready: host.modelReady(m),
-        builtin: m.spec.builtin,
-        source: m.spec.file.source ?? m.spec.modelPath ?? null,
-      })).concat([...reg.unavailable].map(([name, u]) => ({
+    if (!reg) return { defaultModel: null, models: [] };
+    const served = reg.allNames.map((name): Record<string, unknown> => {
+      const m = reg.models.get(name);
+      const e = reg.encoders.get(name);
+      const file = m?.spec.file ?? e!.file;
+      return {
         name,
         default: name === reg.defaultName,
-        family: u.spec.file.family ?? null,
-        channels: u.spec.file.latentChannels ?? null,
-        instances: 0,
-        precision: u.spec.file.precision ?? 'unknown',
-        scalingFactor: u.spec.file.scalingFactor ?? null,
-        shiftFactor: u.spec.file.shiftFactor ?? null,
-        provider: null,
-        ready: false,
-        error: u.reason,
-        builtin: false,
-        source: u.spec.file.source ?? u.spec.modelPath ?? null,
-      }))) : [],
-    };
+        directions: [...(m ? ['decode'] : []), ...(e ? ['encode'] : [])],
+        family: m?.family ?? file.family ?? e?.runners[0]!.io.metadata.family ?? null,
+        channels: m?.channels ?? e!.latentChannels,
+        instances: (m ?? e)!.runners.length,
+        precision: m?.precision ?? file.precision ?? 'fp32',
+        scalingFactor: m?.scalingFactor ?? e!.scalingFactor,
+        shiftFactor: m?.shiftFactor ?? e!.shiftFactor,
+        provider: m?.io.provider ?? e!.provider,
+        ready: (m ? host.modelReady(m) : !host.draining) && (e ? e.healthy : true),
+        builtin: m?.spec.builtin ?? false,
+        source: file.source ?? m?.spec.modelPath ?? null,
+      };
+    });
+    const broken = [...reg.unavailable].filter(([name]) => !reg.allNames.includes(name)).map(([name, u]) => ({
+      name,
+      default: name === reg.defaultName,
+      directions: [...(u.spec.modelPath || u.spec.modelBytes ? ['decode'] : []), ...(u.spec.encoderPath ? ['encode'] : [])],
+      family: u.spec.file.family ?? null,
+      channels: u.spec.file.latentChannels ?? null,
+      instances: 0,
+      precision: u.spec.file.precision ?? 'unknown',
+      scalingFactor: u.spec.file.scalingFactor ?? null,
+      shiftFactor: u.spec.file.shiftFactor ?? null,
+      provider: null,
+      ready: false,
+      error: u.reason,
+      builtin: false,
+      source: u.spec.file.source ?? u.spec.modelPath ?? null,
+    }));
+    return { defaultModel: reg.defaultName, models: [...served, ...broken] };
   });
 }

@@ -4,6 +4,8 @@
 
 export const MODEL_FILE = 'model.onnx';
 export const CONFIG_FILE = 'config.json';
+/** The encoder (image → latents) beside the decoder in a model folder, when the weights held one. */
+export const ENCODER_FILE = 'encoder.onnx';
 
 export type Precision = 'fp32' | 'fp16';
 
@@ -17,6 +19,16 @@ export interface ModelConfig {
   source: string;
   /** The model family (see FAMILIES), when the converter was told it or could be certain of it. */
   family?: Family;
+  /**
+   * Per-channel statistics of the denoiser's space, replacing scalingFactor/shiftFactor's shift
+   * (FLUX.2: its BatchNorm's running_mean and sqrt(running_var + batch_norm_eps), over channels
+   * patchified 2×2: latentChannels × patchSize² values each). See latents/normalize.ts.
+   */
+  latentsMean?: number[];
+  latentsStd?: number[];
+  patchSize?: number;
+  /** FLUX.2: the BatchNorm epsilon latentsStd was computed with (sqrt(running_var + eps)). */
+  batchNormEps?: number;
 }
 
 /** A repository folder's config.json or a MODEL_PATH sidecar, as read: every field optional. */
@@ -45,6 +57,8 @@ export const FAMILIES = {
   sdxl: { latentChannels: 4, kind: 'kl', scalingFactor: 0.13025, shiftFactor: 0 },
   sd3: { latentChannels: 16, kind: 'kl', scalingFactor: 1.5305, shiftFactor: 0.0609 },
   flux: { latentChannels: 16, kind: 'kl', scalingFactor: 0.3611, shiftFactor: 0.1159 },
+  // FLUX.2: no factor; its space is 2×2-patchified and normalised per channel by the VAE's BatchNorm statistics
+  flux2: { latentChannels: 32, kind: 'kl', scalingFactor: 1, shiftFactor: 0 },
   taesd: { latentChannels: 4, kind: 'taesd', scalingFactor: 1, shiftFactor: 0 },
   taesdxl: { latentChannels: 4, kind: 'taesd', scalingFactor: 1, shiftFactor: 0 },
   taesd3: { latentChannels: 16, kind: 'taesd', scalingFactor: 1, shiftFactor: 0 },

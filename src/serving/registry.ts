@@ -8,8 +8,9 @@ import type { Config } from '../config.js';
 import { checkRegularFile, exists, FileRefusedError, kindOf, readRegularFile, statOnce } from '../files.js';
 import { availableProviders } from '../inference/providers.js';
 import { ModelDefectError, type RunnerLogger, type RunnerOptions } from '../inference/runner.js';
-import { CONFIG_FILE, FAMILY_NAMES, MODEL_FILE, isFamily, type ModelConfigFile } from './model-config.js';
+import { CONFIG_FILE, ENCODER_FILE, FAMILY_NAMES, MODEL_FILE, isFamily, type ModelConfigFile } from './model-config.js';
 import { buildPreviewDecoder, PREVIEW_MODEL_NAME, PREVIEW_SCALING_FACTOR } from '../onnx/preview.js';
+import { ServedEncoder } from './served-encoder.js';
 import { ServedModel, type BatchListener, type ModelSpec } from './served-model.js';
 import { ServiceError } from '../errors.js';
 
@@ -64,8 +65,12 @@ async function whyNotServed(entry: string, maxBytes: number): Promise<string | u
     const { target, stats } = await statOnce(entry);
     if (!stats.isDirectory()) return `not a folder but ${kindOf(stats)}${target === entry ? '' : ` (a link to ${target})`}`;
     const onnx = path.join(entry, MODEL_FILE);
-    if (!(await exists(onnx))) return `no ${MODEL_FILE} in it`;
-    await checkRegularFile(onnx, maxBytes, 'MAX_MODEL_BYTES');
+    const encoder = path.join(entry, ENCODER_FILE);
+    const [decodes, encodes] = [await exists(onnx), await exists(encoder)];
+    // a folder with encoder.onnx alone (a TAESD encoder file) serves /encode only
+    if (!decodes && !encodes) return `no ${MODEL_FILE} (nor ${ENCODER_FILE}) in it`;
+    if (decodes) await checkRegularFile(onnx, maxBytes, 'MAX_MODEL_BYTES');
+    if (encodes) await checkRegularFile(encoder, maxBytes, 'MAX_MODEL_BYTES');
     return undefined;
   } catch (e) {
     return (e as Error).message; // FileRefusedError's names the path; Node's (EACCES, ELOOP) too
@@ -100,7 +105,10 @@ export async function discoverModels(cfg: Config, log?: DiscoveryLogger): Promis
     }
     const conf = sidecar ? await readModelConfig(sidecar) : {};
     const name = conf.name ?? (inRepoFolder ? path.basename(path.dirname(file)) : path.basename(base));
-    specs.push({ name, modelPath: file, file: conf, builtin: false });
+    const encoder = inRepoFolder ? path.join(path.dirname(file), ENCODER_FILE) : `${base}.encoder.onnx`;
+    const encodes = await exists(encoder);
+    if (encodes) await checkRegularFile(encoder, cfg.maxModelBytes, 'MAX_MODEL_BYTES');
+    specs.push({ name, modelPath: file, file: conf, builtin: false, ...(encodes ? { encoderPath: encoder } : {}) });
   }
   const dir = path.resolve(cfg.modelsDir);
   if (await exists(dir)) {
@@ -121,7 +129,11 @@ export async function discoverModels(cfg: Config, log?: DiscoveryLogger): Promis
         log?.warn({ entry: folder, reason }, `model repository: skipping ${entry}: ${reason}`);
         continue;
       }
-      specs.push({ name: conf.name ?? entry, modelPath: path.join(folder, MODEL_FILE), file: conf, builtin: false });
+      const [onnx, encoder] = [path.join(folder, MODEL_FILE), path.join(folder, ENCODER_FILE)];
+      specs.push({
+        name: conf.name ?? entry, file: conf, builtin: false,
+        ...((await exists(onnx)) ? { modelPath: onnx } : {}), ...((await exists(encoder)) ? { encoderPath: encoder } : {}),
+      });
     }
   }
   const seen = new Set<string>();
@@ -134,7 +146,10 @@ export async function discoverModels(cfg: Config, log?: DiscoveryLogger): Promis
 }
 
 export class ModelRegistry {
+  /** The decoders (every model but an encode-only one). */
   readonly models = new Map<string, ServedModel>();
+  /** The encoders, by model name (a folder's encoder.onnx). */
+  readonly encoders = new Map<string, ServedEncoder>();
   /**
    * Models that cannot serve (a weight holds NaN or ±Inf): name → why, naming the tensor. They
    * keep the service unready and their requests get 503 MODEL_UNAVAILABLE, never a decode.
@@ -143,7 +158,7 @@ export class ModelRegistry {
   defaultName: string;
 
   private constructor(specs: ModelSpec[], private readonly cfg: Config) {
-    const real = specs.filter((s) => !s.builtin);
+    const real = specs.filter((s) => !s.builtin && (s.modelPath || s.modelBytes));
     this.defaultName = cfg.defaultModel ?? real[0]?.name ?? PREVIEW_MODEL_NAME;
     if (!specs.some((s) => s.name === this.defaultName)) {
       throw new Error(`DEFAULT_MODEL=${this.defaultName} is not among the models: ${specs.map((s) => s.name).join(', ')}`);
@@ -159,16 +174,24 @@ export class ModelRegistry {
     }
     if (usable.length === 0) throw new Error(`no execution provider can load: ${missing.join(', ')} not installed; add cpu to EXECUTION_PROVIDERS`);
     const run = { ...cfg, executionProviders: usable };
-    const loaded = await Promise.allSettled(specs.map((s) => ServedModel.start(s, run, log, onBatch, runnerOpts)));
+    const decoders = specs.filter((s) => s.modelPath || s.modelBytes);
+    const encoders = specs.filter((s) => s.encoderPath);
+    const encodeBatch = onBatch && ((model: string, info: Parameters<BatchListener>[1]) => onBatch(model, info, 'encode'));
+    const [loaded, loadedEnc] = await Promise.all([
+      Promise.allSettled(decoders.map((s) => ServedModel.start(s, run, log, onBatch, runnerOpts))),
+      Promise.allSettled(encoders.map((s) => ServedEncoder.start(s.name, s.encoderPath!, s.file, run, log, encodeBatch, runnerOpts))),
+    ]);
     const failed: string[] = [];
-    loaded.forEach((r, i) => {
-      const name = specs[i]!.name;
-      if (r.status === 'fulfilled') reg.models.set(name, r.value);
+    const settle = <T>(r: PromiseSettledResult<T>, spec: ModelSpec, keep: (v: T) => void): void => {
+      const name = spec.name;
+      if (r.status === 'fulfilled') keep(r.value);
       else if (r.reason instanceof ModelDefectError) {
-        reg.unavailable.set(name, { spec: specs[i]!, reason: r.reason.message });
+        reg.unavailable.set(name, { spec, reason: r.reason.message });
         log.error({ model: name, reason: r.reason.message }, `model ${name} cannot serve: ${r.reason.message}`);
       } else failed.push(`${name}: ${(r.reason as Error).message}`);
-    });
+    };
+    loaded.forEach((r, i) => settle(r, decoders[i]!, (m) => reg.models.set(m.name, m)));
+    loadedEnc.forEach((r, i) => settle(r, encoders[i]!, (e) => reg.encoders.set(e.name, e)));
     if (failed.length > 0) {
       await reg.close();
       throw new Error(`models failed to load: ${failed.join('; ')}`);
@@ -194,16 +217,37 @@ export class ModelRegistry {
     throw new ServiceError('MODEL_NOT_FOUND', `no model named ${JSON.stringify(name)}; available: ${this.names.join(', ')}`);
   }
 
+  /**
+   * The encoder a request names; without a name, the default model's, else the first that encodes.
+   * @throws ServiceError ENCODER_NOT_FOUND (404) naming the models that encode, MODEL_UNAVAILABLE (503)
+   */
+  encoder(name: string | undefined): ServedEncoder {
+    const enc = name !== undefined ? this.encoders.get(name) : this.encoders.get(this.defaultName) ?? this.encoders.values().next().value;
+    if (enc) return enc;
+    const broken = name !== undefined ? this.unavailable.get(name) : undefined;
+    if (broken) throw new ServiceError('MODEL_UNAVAILABLE', `model ${name} cannot serve: ${broken.reason}`);
+    const can = [...this.encoders.keys()];
+    const which = can.length > 0 ? `models that encode: ${can.join(', ')}` : 'no served model has an encoder (convert weights that hold one: encoder.onnx beside model.onnx)';
+    if (name === undefined) throw new ServiceError('ENCODER_NOT_FOUND', `the default model ${this.defaultName} has no encoder; ${which}`);
+    const known = this.allNames.includes(name);
+    throw new ServiceError('ENCODER_NOT_FOUND', `${known ? `model ${JSON.stringify(name)} has no encoder` : `no model named ${JSON.stringify(name)}`}; ${which}`);
+  }
+
   /** Every model's every instance is running (none restarting or given up), none unavailable. */
   get healthy(): boolean {
-    return this.unavailable.size === 0 && [...this.models.values()].every((m) => m.healthy);
+    return this.unavailable.size === 0 && [...this.models.values(), ...this.encoders.values()].every((m) => m.healthy);
+  }
+
+  /** Every model name, decode or encode, in load order. */
+  get allNames(): string[] {
+    return [...new Set([...this.models.keys(), ...this.encoders.keys()])];
   }
 
   /** Why the registry is not healthy, in words (undefined when it is). */
   get problem(): string | undefined {
     const broken = [...this.unavailable].map(([name, u]) => `model ${name} cannot serve: ${u.reason}`);
     if (broken.length > 0) return broken.join('; ');
-    const restarting = [...this.models.values()].filter((m) => !m.healthy).map((m) => m.name);
+    const restarting = [...this.models.values(), ...this.encoders.values()].filter((m) => !m.healthy).map((m) => m.name);
     return restarting.length > 0 ? `the inference worker of ${restarting.join(', ')} is restarting` : undefined;
   }
 
@@ -217,15 +261,15 @@ export class ModelRegistry {
 
   /** Resolves when no model has anything queued or running. */
   async idle(): Promise<void> {
-    await Promise.all([...this.models.values()].map((m) => m.batcher.idle()));
+    await Promise.all([...this.models.values(), ...this.encoders.values()].map((m) => m.batcher.idle()));
   }
 
   /** Answers every request still queued or running with `err`; the runs themselves go on. */
   failAll(err: unknown): void {
-    for (const m of this.models.values()) m.batcher.failAll(err);
+    for (const m of [...this.models.values(), ...this.encoders.values()]) m.batcher.failAll(err);
   }
 
   async close(): Promise<void> {
-    await Promise.all([...this.models.values()].map((m) => m.close()));
+    await Promise.all([...this.models.values(), ...this.encoders.values()].map((m) => m.close()));
   }
 }

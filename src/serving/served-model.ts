@@ -6,13 +6,18 @@ import type { Config } from '../config.js';
 import { Batcher, type Batch, type BatchInfo, type BatchTicket, type Demand } from '../batching/batcher.js';
 import { ServiceError } from '../errors.js';
 import { InferenceRunner, type RunnerLogger, type RunnerOptions, type RunResult } from '../inference/runner.js';
-import type { ModelIo, OutputName } from '../inference/protocol.js';
+import type { Direction, ModelIo, OutputName } from '../inference/protocol.js';
 import type { LatentTensor, ModelLimits } from '../latents/parse.js';
-import { FAMILIES, defaultFactors, isFamily, type ModelConfigFile } from './model-config.js';
+import { channelStats, type ChannelStats } from '../latents/normalize.js';
+import { servedFactors, statsConfig } from './factors.js';
+import type { ModelConfigFile } from './model-config.js';
 
 export interface ModelSpec {
   name: string;
+  /** The decoder (model.onnx); absent for an encode-only folder. */
   modelPath?: string;
+  /** The encoder beside it (encoder.onnx), when the folder has one. */
+  encoderPath?: string;
   modelBytes?: Uint8Array;
   file: ModelConfigFile;
   builtin: boolean;
@@ -61,7 +66,7 @@ export function untiledDemand(shape: readonly number[]): Demand {
   return { key: batchKey(h, w), sampleCount: n, cost: h * w };
 }
 
-export type BatchListener = (model: string, info: BatchInfo) => void;
+export type BatchListener = (model: string, info: BatchInfo, direction?: Direction) => void;
 
 export class ServedModel implements ModelLimits {
   readonly batcher: Batcher<Payload, BatchResult>;
@@ -69,20 +74,17 @@ export class ServedModel implements ModelLimits {
   readonly shiftFactor: number;
   readonly maxLatentSide: number;
   readonly factorsGuessed: boolean;
+  /** Per-channel statistics of the denoiser's space (FLUX.2), when the model states them. */
+  readonly stats?: ChannelStats;
   private readonly fixedSide: [number | string, number | string];
   private constructor(readonly spec: ModelSpec, readonly runners: InferenceRunner[], cfg: Config, onBatch?: BatchListener) {
     const io = runners[0]!.io;
-    const meta = io.metadata;
-    const defaults = defaultFactors(io.channels);
-    const metaNum = (k: string): number | undefined => (meta[k] !== undefined && Number.isFinite(Number(meta[k])) ? Number(meta[k]) : undefined);
-    const scaling = spec.file.scalingFactor ?? metaNum('scaling_factor');
-    // a named family (config.json or metadata) stands in for factors the model does not state
-    const family = spec.file.family ?? meta.family;
-    const preset = isFamily(family) ? FAMILIES[family] : undefined;
-    const base = scaling !== undefined ? { scalingFactor: scaling, shiftFactor: 0 } : preset ?? defaults;
-    this.scalingFactor = base.scalingFactor;
-    this.shiftFactor = spec.file.shiftFactor ?? metaNum('shift_factor') ?? base.shiftFactor;
-    this.factorsGuessed = scaling === undefined && !preset && defaults.guessed;
+    const factors = servedFactors(spec.file, io.metadata, io.channels);
+    this.scalingFactor = factors.scalingFactor;
+    this.shiftFactor = factors.shiftFactor;
+    this.factorsGuessed = factors.guessed;
+    const stats = channelStats(statsConfig(spec.file, io.metadata), io.channels, `model ${spec.name}`);
+    if (stats) this.stats = stats;
     this.maxLatentSide = cfg.maxLatentSide;
     this.fixedSide = [io.inputShape[2]!, io.inputShape[3]!];
     const fixedBatch = typeof io.inputShape[0] === 'number' ? io.inputShape[0] : Infinity;

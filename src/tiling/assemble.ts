@@ -23,7 +23,7 @@ export function toLevel(x: number): number {
 }
 
 /** Weights `1 − k/extent` and `k/extent` as torch applies them: Python doubles cast to float32. */
-function ramps(extent: number): [Float32Array, Float32Array] {
+export function ramps(extent: number): [Float32Array, Float32Array] {
   const keep = new Float32Array(extent);
   const take = new Float32Array(extent);
   for (let k = 0; k < extent; k++) {
