@@ -37,6 +37,8 @@ export interface Config {
   intraOpThreads: number;
   /** ONNX Runtime's CPU arena: less CPU per image, but it keeps (and grows past) its peak. */
   cpuMemArena: boolean;
+  /** ORT's intra-op threads spin-wait for work between parallel sections (CPU burnt, a little latency saved). */
+  allowSpinning: boolean;
   pngCompressionLevel: number;
   logLevel: (typeof LOG_LEVELS)[number];
   authTokens: string[];
@@ -135,6 +137,7 @@ export function loadConfig(env: Env = process.env): Config {
     warmupLatentSizes: latentSizes(env, 'WARMUP_LATENT_SIZES'),
     intraOpThreads: int(env, 'ORT_INTRA_OP_THREADS', 0, 0, 1024),
     cpuMemArena: int(env, 'ORT_CPU_MEM_ARENA', 0, 0, 1) === 1,
+    allowSpinning: int(env, 'ORT_ALLOW_SPINNING', 0, 0, 1) === 1,
     pngCompressionLevel: int(env, 'PNG_COMPRESSION_LEVEL', 6, 0, 9),
     logLevel: logLevel as Config['logLevel'],
     authTokens: (env.AUTH_TOKEN ?? '').split(',').map((t) => t.trim()).filter(Boolean),
