@@ -13,6 +13,7 @@ import { parseArgs } from 'node:util';
 import * as ort from 'onnxruntime-node';
 import sharp from 'sharp';
 import { IMAGE_OUTPUT, withPostprocess } from '../src/onnx/postprocess.js';
+import { buildPreviewDecoder } from '../src/onnx/preview.js';
 import type { LoadResult, LoadSpec } from './load.js';
 import { writeNullDecoder } from './null-decoder.js';
 import { log, runChild, TMP, TSX, waitQuiet, withService } from './proc.js';
@@ -20,6 +21,8 @@ import { summarize } from './stats.js';
 import { processCpuSeconds } from './sys.js';
 
 const SIDE = 64;
+// the service's session options (ORT_ALLOW_SPINNING unset)
+const NO_SPIN = { session: { intra_op: { allow_spinning: '0' } } };
 const PX = SIDE * 8;
 
 /** What the client asks for: the query after `shape`, and the samples per request. */
@@ -30,6 +33,8 @@ export const ANSWERS = {
   'raw uint8': { query: 'output_type=pt&partial_postprocess=1', n: 1 },
   'float tensor': { query: 'output_type=pt', n: 1 },
   'JSON base64 JPEG ×4': { query: 'format=jpeg', n: 4 },
+  // the built-in preview decoder (a 1×1 conv and an 8× resize), served next to MODEL_PATH
+  'JPEG, preview decoder': { query: 'format=jpeg&model=sd15-preview', n: 1 },
 } as const;
 export type Answer = keyof typeof ANSWERS;
 
@@ -73,9 +78,13 @@ async function cpuMsPer(fn: () => Promise<unknown>, reps: number, rounds = 3): P
 
 /** sharp's own encodes and raw ORT on the null decoder: the floors the service is held to. */
 async function floors(model: string, pngLevel: number): Promise<CpuSideResult['floors']> {
+  const preview = await ort.InferenceSession.create(withPostprocess(buildPreviewDecoder()).bytes, { executionProviders: ['cpu'], graphOptimizationLevel: 'all', enableCpuMemArena: false, logSeverityLevel: 3, extra: NO_SPIN });
+  const latents = new Float32Array(4 * SIDE * SIDE).map((_, i) => Math.sin(i / 97));
+  const previewMs = await cpuMsPer(() => preview.run({ latent_sample: new ort.Tensor('float32', latents.slice(), [1, 4, SIDE, SIDE]) }, [IMAGE_OUTPUT]), 20);
+  await preview.release();
   const { bytes, io } = withPostprocess(readFileSync(model));
-  const session = await ort.InferenceSession.create(bytes, { executionProviders: ['cpu'], graphOptimizationLevel: 'all', enableCpuMemArena: false, logSeverityLevel: 3 });
-  const out: CpuSideResult['floors'] = [];
+  const session = await ort.InferenceSession.create(bytes, { executionProviders: ['cpu'], graphOptimizationLevel: 'all', enableCpuMemArena: false, logSeverityLevel: 3, extra: NO_SPIN });
+  const out: CpuSideResult['floors'] = [{ name: 'raw ORT, preview decoder + in-graph postprocess, batch 1', cpuMs: previewMs }];
   let pixels: Uint8Array | undefined;
   for (const b of [1, 8]) {
     const run = async (): Promise<void> => {

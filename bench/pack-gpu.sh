@@ -22,14 +22,15 @@ rm -rf "$PACK" && mkdir -p "$PACK" "$STAGE/app" "$STAGE/node"
 # the Vulkan loader (the NVIDIA driver's Vulkan ICD comes with the machine's driver mount)
 (cd "$PACK" && apt-get download libvulkan1 >/dev/null 2>&1) || echo "pack-gpu: apt-get download libvulkan1 failed; the run will rely on the machine's loader" >&2
 
-# the project: sources, bench, scripts, the fixture files the scripts read
+# the project: sources, bench, scripts, the fixture files the scripts read (the fixture's ONNX
+# export is left out: bench/webgpu.ts converts ldm.safetensors, which matches it within a level)
 tar -cf - package.json tsconfig.json src bench/*.ts bench/*.py scripts/make-seeded-vae.ts test/helpers/shared.ts \
-  test/fixtures/sdvae-ch32/{torch-export.onnx,ldm.safetensors,latents.npy,reference.npy,reference-rgb.npy} | tar -xf - -C "$STAGE/app"
+  test/fixtures/sdvae-ch32/{ldm.safetensors,latents.npy,reference.npy,reference-rgb.npy} | tar -xf - -C "$STAGE/app"
 mkdir -p "$STAGE/app/node_modules"
 NM=$(readlink -f node_modules)
 tar -C "$NM" -cf - \
   --exclude='onnxruntime-node/bin/napi-v6/darwin' --exclude='onnxruntime-node/bin/napi-v6/win32' --exclude='onnxruntime-node/bin/napi-v6/linux/arm64' \
-  --exclude='./typescript' --exclude='./kubernetes-models' --exclude='./@kubernetes-models' --exclude='./@types' --exclude='./@swc' \
+  --exclude='./typescript' --exclude='./protobufjs/cli' --exclude='./@huggingface' --exclude='./kubernetes-models' --exclude='./@kubernetes-models' --exclude='./@types' --exclude='./@swc' \
   --exclude='./@esbuild/[!l]*' --exclude='./@esbuild/linux-[!x]*' --exclude='./@esbuild/linux-x64/../' \
   --exclude='./@img/sharp-[!l]*' --exclude='./@img/sharp-libvips-[!l]*' --exclude='./@img/sharp-linux-[!x]*' --exclude='./@img/sharp-libvips-linux-[!x]*' \
   --exclude='./@img/sharp-linuxmusl*' --exclude='./@img/sharp-libvips-linuxmusl*' --exclude='*.map' --exclude='*.d.ts' --exclude='*.md' \

@@ -44,10 +44,12 @@ const result: { provider: string; ort: string; vulkan: string | null; backends: 
 say(`provider ${provider}; vulkan: ${result.vulkan ?? 'loader and driver manifest found'}`);
 
 async function models(): Promise<{ name: string; precision: string; path: string }[]> {
-  const out = [{ name: 'fixture ch32', precision: 'fp32', path: join(FIX, 'torch-export.onnx') }];
-  const fp16 = join(dir, 'fixture-fp16.onnx');
-  if (!existsSync(fp16)) await convertCheckpoint({ weights: join(FIX, 'ldm.safetensors'), out: fp16, fp16: true });
-  out.push({ name: 'fixture ch32', precision: 'fp16', path: fp16 });
+  const out: { name: string; precision: string; path: string }[] = [];
+  for (const precision of ['fp32', 'fp16']) {
+    const path = join(dir, `fixture-${precision}.onnx`);
+    if (!existsSync(path)) await convertCheckpoint({ weights: join(FIX, 'ldm.safetensors'), out: path, fp16: precision === 'fp16' });
+    out.push({ name: 'fixture ch32', precision, path });
+  }
   if (!values['no-large']) {
     const weights = join(dir, 'sdvae-ch128.safetensors');
     if (!existsSync(weights)) {

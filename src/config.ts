@@ -138,7 +138,7 @@ export function loadConfig(env: Env = process.env): Config {
     intraOpThreads: int(env, 'ORT_INTRA_OP_THREADS', 0, 0, 1024),
     cpuMemArena: int(env, 'ORT_CPU_MEM_ARENA', 0, 0, 1) === 1,
     allowSpinning: int(env, 'ORT_ALLOW_SPINNING', 0, 0, 1) === 1,
-    pngCompressionLevel: int(env, 'PNG_COMPRESSION_LEVEL', 6, 0, 9),
+    pngCompressionLevel: int(env, 'PNG_COMPRESSION_LEVEL', 1, 0, 9),
     logLevel: logLevel as Config['logLevel'],
     authTokens: (env.AUTH_TOKEN ?? '').split(',').map((t) => t.trim()).filter(Boolean),
     tileLatentSide,
