@@ -13,7 +13,8 @@ ROOT=$PWD
 PACK=$ROOT/.gpu
 STAGE=$(mktemp -d)
 trap 'rm -rf "$STAGE"' EXIT
-grep -qx '/.gpu/' .git/info/exclude 2>/dev/null || echo '/.gpu/' >> "$(git rev-parse --git-path info/exclude)"
+EXCLUDE=$(git rev-parse --git-path info/exclude)
+grep -qx '/.gpu/' "$EXCLUDE" 2>/dev/null || echo '/.gpu/' >> "$EXCLUDE"
 rm -rf "$PACK" && mkdir -p "$PACK" "$STAGE/app" "$STAGE/node"
 
 # Node 22 for linux-x64, from the npm registry: only bin/node (the package's 65 MB of C headers stay)
