@@ -37,6 +37,9 @@ export const VARIANTS: Variant[] = [
   { name: 'arena on, no spinning', session: { enableCpuMemArena: true, enableMemPattern: true, extra: NO_SPIN } },
   { name: 'arena off, glibc heap', session: { enableCpuMemArena: false, enableMemPattern: true }, env: { GLIBC_TUNABLES: GLIBC_HEAP } },
   { name: 'arena off, glibc heap, no spinning', session: { enableCpuMemArena: false, enableMemPattern: true, extra: NO_SPIN }, env: { GLIBC_TUNABLES: GLIBC_HEAP } },
+  { name: 'arena off, no spinning (main thread)', session: { enableCpuMemArena: false, enableMemPattern: true, extra: NO_SPIN }, main: true },
+  // one malloc arena for all threads: the worker's frees go back to the heap the main arena grows
+  { name: 'arena off, no spinning, MALLOC_ARENA_MAX=1', session: { enableCpuMemArena: false, enableMemPattern: true, extra: NO_SPIN }, env: { MALLOC_ARENA_MAX: '1' } },
 ];
 
 interface ChildResult { idleMb: number; peakMb: number; afterMb: number; ms: number; userMs: number; sysMs: number; images: number }
