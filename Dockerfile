@@ -103,7 +103,12 @@ COPY --from=node-runtime /usr/local/bin/node /usr/local/bin/node
 # uid 10001: above the range a distribution gives its own users and services. Not --system (that
 # range ends at 999: useradd warned); --no-log-init: no sparse lastlog entry for a high uid.
 # `latent-decoder` on PATH runs the CLI (bin/ is copied below).
-RUN groupadd --gid 10001 app \
+# libvulkan1: the Vulkan loader for EXECUTION_PROVIDERS=webgpu (Dawn, bundled in onnxruntime-node);
+# the NVIDIA container runtime mounts the driver's Vulkan part only with the graphics capability.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends libvulkan1 \
+ && rm -rf /var/lib/apt/lists/* \
+ && groupadd --gid 10001 app \
  && useradd --uid 10001 --gid 10001 --no-log-init --home-dir /tmp --no-create-home --shell /usr/sbin/nologin app \
  && mkdir -p /models \
  && chown 10001:10001 /models \
@@ -122,7 +127,7 @@ ENV NODE_ENV=production \
     ORT_DISABLE_TELEMETRY=1 \
     EXECUTION_PROVIDERS=cuda,cpu \
     NVIDIA_VISIBLE_DEVICES=all \
-    NVIDIA_DRIVER_CAPABILITIES=compute,utility
+    NVIDIA_DRIVER_CAPABILITIES=compute,utility,graphics
 COPY --from=build /app/package.json ./package.json
 COPY --from=build /app/dist ./dist
 COPY --from=build /app/bin ./bin

@@ -82,8 +82,8 @@ async function main(): Promise<void> {
     // as the service's worker: ORT's CPU arena only with ORT_CPU_MEM_ARENA=1, memory patterns on
     enableCpuMemArena: process.env.ORT_CPU_MEM_ARENA === '1',
     enableMemPattern: true,
-    // experiment only (not what the service does): intra-op threads sleep instead of spin-waiting
-    ...(process.env.BENCH_ORT_NO_SPIN === '1' ? { extra: { session: { intra_op: { allow_spinning: '0' } } } } : {}),
+    // as the service's worker: intra-op threads sleep instead of spin-waiting unless ORT_ALLOW_SPINNING=1
+    extra: { session: { intra_op: { allow_spinning: process.env.ORT_ALLOW_SPINNING === '1' ? '1' : '0' } } },
   };
 
   const t0 = performance.now();

@@ -6,6 +6,7 @@ import { basename } from 'node:path';
 import type { BenchResult, ModelResult, PhaseResult } from './types.js';
 import type { RawPoint } from './raw-ort.js';
 import { renderChart } from './chart.js';
+import { cpuSideChart, cpuSideMarkdown } from './cpu-side.js';
 import { errorsText, f, f2, ips, ms, table } from './format.js';
 import { scaleSection } from './report-scale.js';
 
@@ -240,6 +241,7 @@ export function renderMarkdown(r: BenchResult, chartFile: string, notes?: string
   const scale = scaleSection(r);
   if (scale) out.push('', scale);
   if (notes) out.push('', notes.trim());
+  if (r.cpuSide) out.push('', cpuSideMarkdown(r.cpuSide, chartFile.replace(/\.svg$/, '-cpu.svg')));
   out.push('', '## Chart', '', `![throughput and p99 latency against concurrency](${chartFile})`);
   for (const m of r.models) out.push('', modelSection(m, r));
   if (r.profile) {
@@ -262,5 +264,6 @@ if (process.argv[1]?.endsWith('report.ts') && process.argv[2]) {
   try { notes = readFileSync(`${stem}.notes.md`, 'utf8'); } catch { /* none */ }
   writeFileSync(`${stem}.md`, renderMarkdown(r, `${basename(stem)}.svg`, notes));
   writeFileSync(`${stem}.svg`, renderChart(r));
+  if (r.cpuSide) writeFileSync(`${stem}-cpu.svg`, cpuSideChart(r.cpuSide));
   process.stdout.write(`wrote ${stem}.md and ${stem}.svg\n`);
 }

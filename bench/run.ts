@@ -20,6 +20,7 @@
 //   --env KEY=VALUE         extra environment for the service and the raw process (repeatable), e.g.
 //                           --env ORT_INTRA_OP_THREADS=2 --env UV_THREADPOOL_SIZE=2
 //   --no-profile            skip the --cpu-prof run of the service (full mode runs one)
+//   --no-cpu-side           skip the CPU-side ceiling (bench/cpu-side.ts: the null decoder per answer format)
 //   --dist                  run the built service (node dist/server.js; run `npm run build` first)
 //   --out DIR               results folder (default bench/results)
 //   --quiet-wait S          before each phase, wait until other processes use < 25 % of the cores,
@@ -34,6 +35,7 @@ import { loadPhase, metricsState } from './phases.js';
 import { summarizeProfiles } from './profile.js';
 import { renderMarkdown } from './report.js';
 import { renderChart } from './chart.js';
+import { cpuSideChart, runCpuSide } from './cpu-side.js';
 import { machineInfo } from './sys.js';
 import type { BenchResult, ModelResult } from './types.js';
 
@@ -54,6 +56,7 @@ async function main(): Promise<void> {
       out: { type: 'string', default: join(ROOT, 'bench/results') },
       'quiet-wait': { type: 'string' },
       gpu: { type: 'boolean', default: false },
+      'no-cpu-side': { type: 'boolean', default: false },
     },
   });
   const quick = values.quick;
@@ -113,6 +116,9 @@ async function main(): Promise<void> {
     }
   }
 
+  // the CPU side's ceiling: the null decoder, per answer format (quick: JPEG and raw uint8 at c=8)
+  const cpuSide = values['no-cpu-side'] || values.gpu ? undefined : await runCpuSide({ quick, env: extraEnv, dist: values.dist });
+
   const serviceCommand = values.dist ? `node ${SERVICE_DIST}` : `node --import tsx ${SERVICE_SOURCE}`;
   const result: BenchResult = {
     date: new Date().toISOString(),
@@ -128,6 +134,7 @@ async function main(): Promise<void> {
     },
     models,
     profile,
+    cpuSide,
     durationS: (performance.now() - started) / 1000,
     quietWaitedS: quietWaitedS(),
     metricsAvailable: metricsState.seen,
@@ -137,6 +144,7 @@ async function main(): Promise<void> {
   const base = join(values.out, stem);
   writeFileSync(`${base}.json`, JSON.stringify(result, null, 1));
   writeFileSync(`${base}.svg`, renderChart(result));
+  if (cpuSide) writeFileSync(`${base}-cpu.svg`, cpuSideChart(cpuSide));
   writeFileSync(`${base}.md`, renderMarkdown(result, `${stem}.svg`));
   log(`wrote ${relative(ROOT, base)}.{md,json,svg} in ${result.durationS.toFixed(0)} s`);
 }

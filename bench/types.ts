@@ -1,6 +1,7 @@
 // The benchmark's plan and result types: what bench/plans.ts asks for, what bench/run.ts writes
 // to <stem>.json, and what bench/report.ts and bench/chart.ts render (also from older JSON files,
 // hence the optional fields).
+import type { CpuSideResult } from './cpu-side.js';
 import type { RawResult } from './raw-ort.js';
 import type { Summary } from './stats.js';
 import type { CpuWindow, MachineInfo } from './sys.js';
@@ -175,6 +176,8 @@ export interface BenchResult {
   settings: Record<string, string>;
   models: ModelResult[];
   profile?: ProfileSummary & { note: string };
+  /** The CPU side's ceiling on the null decoder (bench/cpu-side.ts); absent with --no-cpu-side and on a GPU run. */
+  cpuSide?: CpuSideResult;
   durationS: number;
   /** Seconds spent waiting for other processes on the machine to go quiet before phases. */
   quietWaitedS?: number;

@@ -41,6 +41,8 @@ export interface Config {
   intraOpThreads: number;
   /** ONNX Runtime's CPU arena: less CPU per image, but it keeps (and grows past) its peak. */
   cpuMemArena: boolean;
+  /** ORT's intra-op threads spin-wait for work between parallel sections (CPU burnt, a little latency saved). */
+  allowSpinning: boolean;
   pngCompressionLevel: number;
   logLevel: (typeof LOG_LEVELS)[number];
   authTokens: string[];
@@ -147,7 +149,8 @@ export function loadConfig(env: Env = process.env): Config {
     warmupLatentSizes: latentSizes(env, 'WARMUP_LATENT_SIZES'),
     intraOpThreads: int(env, 'ORT_INTRA_OP_THREADS', 0, 0, 1024),
     cpuMemArena: int(env, 'ORT_CPU_MEM_ARENA', 0, 0, 1) === 1,
-    pngCompressionLevel: int(env, 'PNG_COMPRESSION_LEVEL', 6, 0, 9),
+    allowSpinning: int(env, 'ORT_ALLOW_SPINNING', 0, 0, 1) === 1,
+    pngCompressionLevel: int(env, 'PNG_COMPRESSION_LEVEL', 1, 0, 9),
     logLevel: logLevel as Config['logLevel'],
     authTokens: authTokens(env),
     tileLatentSide,

@@ -435,3 +435,11 @@ test('scripts/prune-native.sh keeps this platform (and a CUDA provider beside it
   assert.deepEqual(readdirSync(img).filter((p) => p.startsWith('sharp-')).sort(), mine.sort(), "only this platform's sharp packages are left");
   assert.match(res.stdout, /prune-native: kept onnxruntime-node/);
 });
+
+test('gpu stage carries the Vulkan loader and asks the NVIDIA runtime for the graphics capability (EXECUTION_PROVIDERS=webgpu)', () => {
+  const gpu = stage('gpu');
+  const runs = byKeyword(gpu, 'RUN').map((i) => i.getTextContent());
+  assert.ok(runs.some((r) => /apt-get install\b[^&]*\blibvulkan1\b/.test(r)), 'the gpu stage must install libvulkan1');
+  const caps = (envOf(gpu).get('NVIDIA_DRIVER_CAPABILITIES') ?? '').split(',');
+  for (const c of ['compute', 'utility', 'graphics']) assert.ok(caps.includes(c), `NVIDIA_DRIVER_CAPABILITIES lacks ${c}: ${caps.join(',')}`);
+});

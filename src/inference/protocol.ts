@@ -17,6 +17,8 @@ export interface WorkerInit {
   providers: ExecutionProvider[];
   intraOpThreads: number;
   cpuMemArena: boolean;
+  /** session.intra_op.allow_spinning; default false. */
+  allowSpinning?: boolean;
   warmupLatentSizes?: [number, number][];
   /** A GPU warms up every batch size up to this. */
   maxBatchSize: number;

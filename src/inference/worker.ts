@@ -29,6 +29,11 @@ async function createSession(bytes: Uint8Array): Promise<{ session: ort.Inferenc
         enableCpuMemArena: init.cpuMemArena,
         enableMemPattern: true,
         ...(init.intraOpThreads > 0 ? { intraOpNumThreads: init.intraOpThreads } : {}),
+        // ORT's intra-op threads spin-wait after each parallel section by default: on a CPU shared
+        // with the event loop and sharp that burns the cores the rest needs, and 2× the CPU per
+        // image on a cheap model (scripts/arena.ts, bench/cpu-side.ts). Forwarded by the binding
+        // as the session config entry session.intra_op.allow_spinning.
+        extra: { session: { intra_op: { allow_spinning: init.allowSpinning ? '1' : '0' } } },
       });
       return { session, provider };
     } catch (e) {

@@ -1,14 +1,20 @@
 // Diffusers' image postprocess as graph nodes appended to a decoder:
 // image = round(clamp(sample / 2 + 0.5, 0, 1) * 255) as uint8, NCHW → NHWC.
 // ONNX Runtime then returns finished pixels (a quarter of float32's bytes, no JavaScript
-// pixel loop); the float `sample` output stays available for output_type=pt. A second output,
-// `nonfinite`, is per sample the sum of `sample - sample`: 0 when every value is finite, NaN when
-// any is NaN or ±Inf — which the uint8 cast would otherwise turn into a silent black image.
+// pixel loop); the float `sample` output stays available for output_type=pt. ONNX Runtime runs
+// every node whatever the fetches, so these nodes are paid on every run: they are written as
+// three passes over the float sample instead of eight. QuantizeLinear computes
+// saturate(round((sample + 1) / (2/255))) into uint8 — the clamp, scale and round-half-to-even of
+// diffusers' formula in one vectorized pass (the two differ by one level at most, where float
+// rounding moves a value across a .5 tie). A second output, `nonfinite`, is per sample s − s for
+// s = the sum of the sample: 0 when every value is finite, NaN when any is NaN or ±Inf (or the sum
+// overflows, |values| ~ 1e34) — which the uint8 conversion would otherwise turn into a silent black
+// image.
 import { DataType, GraphBuilder, attr, decodeModel, encodeModel, onnx, type ModelProto } from './graph.js';
 
 export const IMAGE_OUTPUT = 'image';
 export const NONFINITE_OUTPUT = 'nonfinite';
-const MIN_OPSET = 11; // Round and Clip-with-inputs
+const MIN_OPSET = 10; // QuantizeLinear
 
 export interface DecoderIo {
   input: string;
@@ -44,16 +50,13 @@ export function withPostprocess(modelBytes: Uint8Array, model: ModelProto = deco
   const g = new GraphBuilder('postprocess', 'pp_');
   let x = sample.name!;
   if (sample.type?.tensorType?.elemType !== DataType.FLOAT) x = g.node('Cast', [x], { to: attr.i(DataType.FLOAT) });
-  const zeros = g.node('Sub', [x, x]);
   // ReduceSum takes its axes as an attribute before opset 13 and as an input since.
-  if (Number(opset) >= 13) g.node('ReduceSum', [zeros, g.ints('axes', [1, 2, 3])], { keepdims: attr.i(0) }, NONFINITE_OUTPUT);
-  else g.node('ReduceSum', [zeros], { axes: attr.ints([1, 2, 3]), keepdims: attr.i(0) }, NONFINITE_OUTPUT);
-  x = g.node('Mul', [x, g.scalar('half', 0.5)]);
-  x = g.node('Add', [x, g.scalar('offset', 0.5)]);
-  x = g.node('Clip', [x, g.scalar('zero', 0), g.scalar('one', 1)]);
-  x = g.node('Mul', [x, g.scalar('levels', 255)]);
-  x = g.node('Round', [x]);
-  x = g.node('Cast', [x], { to: attr.i(DataType.UINT8) });
+  const sum = Number(opset) >= 13
+    ? g.node('ReduceSum', [x, g.ints('axes', [1, 2, 3])], { keepdims: attr.i(0) })
+    : g.node('ReduceSum', [x], { axes: attr.ints([1, 2, 3]), keepdims: attr.i(0) });
+  g.node('Sub', [sum, sum], {}, NONFINITE_OUTPUT);
+  x = g.node('Add', [x, g.scalar('one', 1)]);
+  x = g.node('QuantizeLinear', [x, g.scalar('step', 2 / 255), g.constant('zero_point', 'uint8', [], new Uint8Array([0]))]);
   g.node('Transpose', [x], { perm: attr.ints([0, 2, 3, 1]) }, IMAGE_OUTPUT);
 
   const dims = sample.type?.tensorType?.shape?.dim ?? [];

@@ -168,9 +168,9 @@ export class ModelRegistry {
   static async load(cfg: Config, log: RunnerLogger, onBatch?: BatchListener, runnerOpts: RunnerOptions = {}): Promise<ModelRegistry> {
     const specs = await discoverModels(cfg, log);
     const reg = new ModelRegistry(specs, cfg);
-    const { usable, missing } = availableProviders(cfg.executionProviders);
+    const { usable, missing, reasons } = availableProviders(cfg.executionProviders);
     if (missing.length > 0) {
-      log.info({ skipped: missing }, `execution provider ${missing.join(', ')} not installed (onnxruntime-node was installed without ONNXRUNTIME_NODE_INSTALL=cuda12); not tried`);
+      log.info({ skipped: missing, reasons }, `execution provider ${missing.join(', ')} not installed (${Object.values(reasons).join('; ')}); not tried`);
     }
     if (usable.length === 0) throw new Error(`no execution provider can load: ${missing.join(', ')} not installed; add cpu to EXECUTION_PROVIDERS`);
     const run = { ...cfg, executionProviders: usable };

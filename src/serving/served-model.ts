@@ -101,7 +101,7 @@ export class ServedModel implements ModelLimits {
   static async start(spec: ModelSpec, cfg: Config, log: RunnerLogger, onBatch?: BatchListener, runnerOpts: RunnerOptions = {}): Promise<ServedModel> {
     const init = {
       modelPath: spec.modelPath, modelBytes: spec.modelBytes, maxModelBytes: cfg.maxModelBytes, providers: cfg.executionProviders,
-      intraOpThreads: cfg.intraOpThreads, cpuMemArena: cfg.cpuMemArena, warmupLatentSizes: cfg.warmupLatentSizes, maxBatchSize: cfg.maxBatchSize,
+      intraOpThreads: cfg.intraOpThreads, cpuMemArena: cfg.cpuMemArena, allowSpinning: cfg.allowSpinning, warmupLatentSizes: cfg.warmupLatentSizes, maxBatchSize: cfg.maxBatchSize,
     };
     const started = await Promise.allSettled(Array.from({ length: cfg.modelInstances }, () => InferenceRunner.start(init, log, runnerOpts)));
     const runners = started.flatMap((r) => (r.status === 'fulfilled' ? [r.value] : []));
