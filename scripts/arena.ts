@@ -86,7 +86,7 @@ async function child(model: string, v: Variant, side: number, batch: number, run
   };
   let ms: number;
   if (v.main) {
-    ms = await runSession(model, v, side, batch, runs, async () => markIdle(), markDone);
+    ms = await runSession(model, v, side, batch, runs, () => Promise.resolve(markIdle()), markDone);
   } else {
     // Node 20 applies no loader hooks to a worker's entry file: register tsx there first.
     const boot = `import(${JSON.stringify(import.meta.resolve('tsx/esm/api'))}).then((t) => { t.register(); return import(${JSON.stringify(import.meta.url)}); })`;
@@ -105,7 +105,9 @@ async function child(model: string, v: Variant, side: number, batch: number, run
   return { idleMb: idle, peakMb: peak, afterMb: after, ms, userMs: cpu.user / 1000, sysMs: cpu.system / 1000, images: runs * batch };
 }
 
-const { isMainThread, parentPort, workerData } = await import('node:worker_threads');
+const threads = await import('node:worker_threads');
+const { isMainThread, parentPort } = threads;
+const workerData: unknown = threads.workerData;
 if (!isMainThread) {
   const d = workerData as { model: string; variant: string; side: number; batch: number; runs: number };
   const v = VARIANTS.find((x) => x.name === d.variant)!;

@@ -8,7 +8,7 @@ import { summarize } from '../bench/stats.js';
 mkdirSync(join(TMP, 'bodies'), { recursive: true });
 const body = join(TMP, 'bodies', 'c1-1x4x16x16.f32');
 writeFileSync(body, Buffer.from(new Float32Array(4 * 16 * 16).map((_, i) => Math.sin(i)).buffer));
-const env = { EXECUTION_PROVIDERS: 'cpu', MAX_BATCH_SIZE: '8', MAX_QUEUE_SIZE: '64', LOG_LEVEL: 'warn', MODEL_PATH: 'test/fixtures/sdvae-ch32/torch-export.onnx', ...Object.fromEntries((process.env.C1_ENV ?? '').split(',').filter(Boolean).map((kv) => kv.split('='))) };
+const env = { EXECUTION_PROVIDERS: 'cpu', MAX_BATCH_SIZE: '8', MAX_QUEUE_SIZE: '64', LOG_LEVEL: 'warn', MODEL_PATH: 'test/fixtures/sdvae-ch32/torch-export.onnx', ...Object.fromEntries((process.env.C1_ENV ?? '').split(',').filter(Boolean).map((kv): [string, string] => { const [k = '', v = ''] = kv.split('='); return [k, v]; })) } as Record<string, string>;
 await withService(env, { dist: false, tag: 'c1' }, async (svc) => {
   const load = async (path: string, n: number, method: 'GET' | 'POST' = 'POST'): Promise<LoadResult> => {
     const spec: LoadSpec = { origin: svc.origin, path, bodyFile: body, method, concurrency: 1, maxRequests: n, minRequests: n, seconds: 0, warmupRequests: 20, timeoutMs: 30000, out: join(TMP, 'c1.json') };
