@@ -255,3 +255,21 @@ test('tensor bodies as .npy and as JSON (base64 "latents", options as fields) en
   const late = await app.inject({ method: 'POST', url: '/encode', headers: { 'x-request-timeout-ms': '0.001' }, payload: await png('96x64') });
   assert.deepEqual([late.statusCode, late.json<ErrorBody>().error.code], [504, 'DEADLINE_EXCEEDED']);
 });
+
+test('an encode-only model: /decode naming it (or a default that only encodes) says it has no decoder; /readyz lists it', async (t) => {
+  const { app } = await service(t);
+  const lat = bytesOf(new Float32Array(4 * 8 * 8));
+  const named = await app.inject({ method: 'POST', url: '/decode?model=taesd&shape=1,4,8,8', payload: lat });
+  assert.deepEqual([named.statusCode, named.json<ErrorBody>().error.code], [404, 'MODEL_NOT_FOUND']);
+  assert.match(named.json<ErrorBody>().error.message, /model "taesd" has no decoder \(it encodes only\); models that decode: sd15-preview, sd/);
+  const ready = (await app.inject({ url: '/readyz' })).json<{ models: string[] }>();
+  assert.deepEqual(ready.models, ['sd15-preview', 'sd', 'taesd']);
+
+  const dir = tempDir(t);
+  await convertCheckpoint({ weights: encodeFixture('taesd-encoder-original.safetensors'), out: join(dir, 'enc', 'model.onnx') });
+  const only = await startService(t, { MODEL_PATH: '', MODELS_DIR: dir, DEFAULT_MODEL: 'enc' });
+  const byDefault = await only.app.inject({ method: 'POST', url: '/decode?shape=1,4,8,8', payload: lat });
+  assert.deepEqual([byDefault.statusCode, byDefault.json<ErrorBody>().error.code], [404, 'MODEL_NOT_FOUND']);
+  assert.match(byDefault.json<ErrorBody>().error.message, /the default model "enc" has no decoder \(it encodes only\): name one with model=; models that decode: sd15-preview/);
+  assert.equal((await only.app.inject({ method: 'POST', url: '/encode', payload: await png('64x64') })).statusCode, 200);
+});
