@@ -121,3 +121,10 @@ test('openapi: response schemas serialize every JSON answer exactly as JSON.stri
   assert.equal(a.json<{ error: { code: string } }>().error.code, 'SHUTTING_DOWN');
   assert.equal(a.json<{ error: { requestId: string } }>().error.requestId, 'drain-check', 'a 5xx body names the request id');
 });
+
+test('openapi: /encode documents every option its parser reads', async () => {
+  const { ENCODE_OPTION_NAMES } = await import('../src/encoding/options.js');
+  const op = ((committed().paths as Record<string, Record<string, { parameters: { name: string; in: string }[] }>>)['/encode']!.post!);
+  const query = op.parameters.filter((p) => p.in === 'query').map((p) => p.name);
+  for (const name of ENCODE_OPTION_NAMES) assert.ok(query.includes(name), `/encode's query option ${name} is not documented: add it to encodeOptions in src/schemas.ts`);
+});
