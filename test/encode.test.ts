@@ -273,3 +273,15 @@ test('an encode-only model: /decode naming it (or a default that only encodes) s
   assert.match(byDefault.json<ErrorBody>().error.message, /the default model "enc" has no decoder \(it encodes only\): name one with model=; models that decode: sd15-preview/);
   assert.equal((await only.app.inject({ method: 'POST', url: '/encode', payload: await png('64x64') })).statusCode, 200);
 });
+
+test('curl --data-binary @image.png (curl\'s default Content-Type, application/x-www-form-urlencoded) is read by its bytes like no Content-Type', async (t) => {
+  const { app } = await service(t);
+  const img = await png('64x64');
+  const plain = await app.inject({ method: 'POST', url: '/encode', payload: img });
+  const form = await app.inject({ method: 'POST', url: '/encode', headers: { 'content-type': 'application/x-www-form-urlencoded' }, payload: img });
+  assert.equal(form.statusCode, 200, form.body);
+  assert.deepEqual(form.rawPayload, plain.rawPayload);
+  const x = bytesOf(new Float32Array(3 * 8 * 8).fill(0.25));
+  const tensor = await app.inject({ method: 'POST', url: '/encode?shape=1,3,8,8', headers: { 'content-type': 'application/x-www-form-urlencoded' }, payload: x });
+  assert.deepEqual([tensor.statusCode, JSON.parse(tensor.headers.shape as string)], [200, [1, 4, 1, 1]]);
+});
