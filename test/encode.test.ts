@@ -285,3 +285,12 @@ test('curl --data-binary @image.png (curl\'s default Content-Type, application/x
   const tensor = await app.inject({ method: 'POST', url: '/encode?shape=1,3,8,8', headers: { 'content-type': 'application/x-www-form-urlencoded' }, payload: x });
   assert.deepEqual([tensor.statusCode, JSON.parse(tensor.headers.shape as string)], [200, [1, 4, 1, 1]]);
 });
+
+test('a tensor body over BODY_LIMIT_BYTES is 413 saying to send the image as PNG/JPEG/WebP (not "fewer latents")', async (t) => {
+  const { app } = await service(t);
+  const limit = app.config.bodyLimitBytes;
+  const side = 8 * Math.ceil(Math.sqrt(limit / 12) / 8); // a float32 [1, 3, side, side] just over the limit
+  const res = await app.inject({ method: 'POST', url: `/encode?model=sd&shape=1,3,${side},${side}`, payload: Buffer.alloc(12 * side * side) });
+  assert.deepEqual([res.statusCode, res.json<ErrorBody>().error.code], [413, 'BODY_TOO_LARGE']);
+  assert.match(res.json<ErrorBody>().error.message, /an image as PNG, JPEG or WebP rather than as a tensor/);
+});
