@@ -294,3 +294,19 @@ test('a tensor body over BODY_LIMIT_BYTES is 413 saying to send the image as PNG
   assert.deepEqual([res.statusCode, res.json<ErrorBody>().error.code], [413, 'BODY_TOO_LARGE']);
   assert.match(res.json<ErrorBody>().error.message, /an image as PNG, JPEG or WebP rather than as a tensor/);
 });
+
+test('Accept: application/x-npy with output_dtype=bfloat16 is refused before the encoder runs, without the answer\'s headers', async (t) => {
+  const { app, batches } = await service(t);
+  const before = batches.length;
+  const res = await app.inject({ method: 'POST', url: '/encode?model=sd&output_dtype=bfloat16', headers: { accept: 'application/x-npy' }, payload: await png('64x64') });
+  assert.deepEqual([res.statusCode, res.json<ErrorBody>().error.code], [400, 'BAD_PARAMETER']);
+  assert.match(res.json<ErrorBody>().error.message, /\.npy has no bfloat16/);
+  assert.equal(res.headers.dtype, undefined);
+  assert.equal(batches.length, before, 'no encoder run for a request whose answer cannot be written');
+  const json = await app.inject({
+    method: 'POST', url: '/encode', headers: { accept: 'application/x-npy', 'content-type': 'application/json' },
+    payload: JSON.stringify({ latents: bytesOf(new Float32Array(3 * 8 * 8)).toString('base64'), shape: [1, 3, 8, 8], model: 'sd', output_dtype: 'bfloat16' }),
+  });
+  assert.deepEqual([json.statusCode, json.json<ErrorBody>().error.code], [400, 'BAD_PARAMETER']);
+  assert.equal(batches.length, before);
+});
