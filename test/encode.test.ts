@@ -310,3 +310,15 @@ test('Accept: application/x-npy with output_dtype=bfloat16 is refused before the
   assert.deepEqual([json.statusCode, json.json<ErrorBody>().error.code], [400, 'BAD_PARAMETER']);
   assert.equal(batches.length, before);
 });
+
+test('tiling refusals on /encode speak of encoding, not decoding', async (t) => {
+  const { app } = await service(t);
+  const img = await png('64x64');
+  let r = await app.inject({ method: 'POST', url: '/encode?model=sd&tile_size=200', payload: img });
+  assert.deepEqual([r.statusCode, r.json<ErrorBody>().error.code], [400, 'BAD_PARAMETER']);
+  assert.match(r.json<ErrorBody>().error.message, /tile_size=200 is over the largest latent side encoded in one piece \(128\)/);
+  const x = bytesOf(new Float32Array(3 * 8 * 1032));
+  r = await app.inject({ method: 'POST', url: '/encode?model=sd&tile_size=0&shape=1,3,8,1032', payload: x });
+  assert.deepEqual([r.statusCode, r.json<ErrorBody>().error.code], [400, 'LATENT_TOO_LARGE']);
+  assert.match(r.json<ErrorBody>().error.message, /with tiling off \(tile_size=0\); tiled encoding \(tile_size from 1 to 128\) allows up to 512/);
+});

@@ -34,7 +34,7 @@ export default async function encodeRoutes(app: FastifyInstance): Promise<void> 
   const host = app.models;
   const { admit, release } = reservations<ServedEncoder, EncodeTicket>();
   const tiling = (shape: readonly number[], o: EncodeOptions): TileSettings | undefined =>
-    tilingFor([shape[0]!, 3, shape[2]! / VAE_SCALE_FACTOR, shape[3]! / VAE_SCALE_FACTOR], o, cfg);
+    tilingFor([shape[0]!, 3, shape[2]! / VAE_SCALE_FACTOR, shape[3]! / VAE_SCALE_FACTOR], o, cfg, 'encode');
 
   const deadlineOf = requestDeadlines(app);
   app.metrics.countRequests(app);
