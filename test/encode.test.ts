@@ -322,3 +322,28 @@ test('tiling refusals on /encode speak of encoding, not decoding', async (t) => 
   assert.deepEqual([r.statusCode, r.json<ErrorBody>().error.code], [400, 'LATENT_TOO_LARGE']);
   assert.match(r.json<ErrorBody>().error.message, /with tiling off \(tile_size=0\); tiled encoding \(tile_size from 1 to 128\) allows up to 512/);
 });
+
+/** The PNG without its iCCP chunk (the colour profile), its pixels untouched. */
+function withoutIccp(png: Buffer): Buffer {
+  const parts = [png.subarray(0, 8)];
+  for (let at = 8; at < png.length;) {
+    const end = at + 12 + png.readUInt32BE(at);
+    if (png.toString('latin1', at + 4, at + 8) !== 'iCCP') parts.push(png.subarray(at, end));
+    at = end;
+  }
+  return Buffer.concat(parts);
+}
+
+test('an embedded ICC profile (Display P3) is ignored as PIL ignores it: the latents of the stored values, as diffusers\' local encode gets them', async (t) => {
+  const { app } = await service(t);
+  const rgb = await sharp(await png('64x64')).removeAlpha().raw().toBuffer();
+  const p3 = await sharp(rgb, { raw: { width: 64, height: 64, channels: 3 } }).withIccProfile('p3').png().toBuffer();
+  const bare = withoutIccp(p3);
+  assert.ok(bare.length < p3.length, 'the PNG had an iCCP chunk');
+  const tagged = await app.inject({ method: 'POST', url: '/encode?model=sd', payload: p3 });
+  const untagged = await app.inject({ method: 'POST', url: '/encode?model=sd', payload: bare });
+  assert.equal(tagged.statusCode, 200, tagged.body);
+  const d = maxAbs(f32(tagged.rawPayload), f32(untagged.rawPayload));
+  t.diagnostic(`P3-tagged vs untagged latents: max |Δ| ${d}`);
+  assert.equal(d, 0);
+});
