@@ -347,3 +347,10 @@ test('an embedded ICC profile (Display P3) is ignored as PIL ignores it: the lat
   t.diagnostic(`P3-tagged vs untagged latents: max |Δ| ${d}`);
   assert.equal(d, 0);
 });
+
+test('an unknown output_dtype is named as output_dtype (not dtype, the tensor body\'s)', async (t) => {
+  const { app } = await service(t);
+  const r = await app.inject({ method: 'POST', url: '/encode?model=sd&output_dtype=int8', payload: await png('64x64') });
+  assert.deepEqual([r.statusCode, r.json<ErrorBody>().error.code], [400, 'UNKNOWN_DTYPE']);
+  assert.match(r.json<ErrorBody>().error.message, /^output_dtype "int8" is not supported/);
+});
