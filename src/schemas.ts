@@ -238,7 +238,7 @@ export const encodeSchema: FastifySchema = {
         },
       },
     },
-    ...errors(400, 401, 404, 413, 415, 422, 429, 500, 503, 504),
+    ...errors(...ALL_ERROR_STATUSES),
   },
 };
 

@@ -128,3 +128,10 @@ test('openapi: /encode documents every option its parser reads', async () => {
   const query = op.parameters.filter((p) => p.in === 'query').map((p) => p.name);
   for (const name of ENCODE_OPTION_NAMES) assert.ok(query.includes(name), `/encode's query option ${name} is not documented: add it to encodeOptions in src/schemas.ts`);
 });
+
+test('openapi: /encode documents every status the shared HTTP layer can answer it with (408 upload timeout, 417, 431, 499)', () => {
+  const paths = committed().paths as Record<string, Record<string, { responses: Record<string, unknown> }>>;
+  const decode = Object.keys(paths['/decode']!.post!.responses).sort();
+  const encode = Object.keys(paths['/encode']!.post!.responses).sort();
+  assert.deepEqual(encode, decode);
+});
