@@ -3,13 +3,14 @@
 // references (test/fixtures/encode).
 import { after, test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import sharp from 'sharp';
 import { convertCheckpoint } from '../src/convert/convert.js';
 import { encodeNpy, parseNpy } from '../src/tensor/npy.js';
 import { encodeFixture, imageTensor, maxAbs, npy } from './helpers/encode-fixtures.js';
-import { bytesOf, startService, tempDir } from './helpers/service.js';
+import { bytesOf, REPO, startService, tempDir } from './helpers/service.js';
 
 // One service for the file (converting and loading three models costs seconds): closed after the last test.
 const cleanups: (() => unknown)[] = [];
@@ -353,4 +354,16 @@ test('an unknown output_dtype is named as output_dtype (not dtype, the tensor bo
   const r = await app.inject({ method: 'POST', url: '/encode?model=sd&output_dtype=int8', payload: await png('64x64') });
   assert.deepEqual([r.statusCode, r.json<ErrorBody>().error.code], [400, 'UNKNOWN_DTYPE']);
   assert.match(r.json<ErrorBody>().error.message, /^output_dtype "int8" is not supported/);
+});
+
+test('CLI `models` shows each model\'s directions, as GET /v1/models does', async (t) => {
+  const dir = tempDir(t);
+  await convertCheckpoint({ weights: encodeFixture('sd-ldm.safetensors'), out: join(dir, 'sd', 'model.onnx') });
+  await convertCheckpoint({ weights: encodeFixture('taesd-encoder-original.safetensors'), out: join(dir, 'taesd', 'model.onnx') });
+  const run = spawnSync(process.execPath, ['--import', 'tsx', 'src/cli.ts', 'models', '--models-dir', dir], { cwd: REPO, encoding: 'utf8', env: { ...process.env, MODEL_PATH: '' } });
+  assert.equal(run.status, 0, run.stderr);
+  assert.match(run.stdout, /^NAME\s+CHANNELS\s+PRECISION\s+SCALING\s+SHIFT\s+SIZE\s+FAMILY\s+DIRECTIONS$/m);
+  assert.match(run.stdout, /^sd15-preview\s.*\sdecode$/m);
+  assert.match(run.stdout, /^sd\s.*\sdecode,encode$/m);
+  assert.match(run.stdout, /^taesd\s.*MiB\s+encode$/m);
 });
