@@ -10,7 +10,7 @@ import auth from './plugins/auth.js';
 import metrics from './plugins/metrics.js';
 import models, { type ModelHost } from './plugins/models.js';
 import swagger from './plugins/swagger.js';
-import uploads from './plugins/uploads.js';
+import uploads, { bodyTooLargeAdvice } from './plugins/uploads.js';
 import decodeRoutes from './routes/decode.js';
 import encodeRoutes from './routes/encode.js';
 import healthRoutes from './routes/health.js';
@@ -64,7 +64,7 @@ function asServiceError(err: unknown, cfg: Config, req: FastifyRequest): Service
   if (refusal) return new ServiceError(refusal.code, refusal.message);
   if (fe.code === 'ECONNRESET' || fe.message === 'aborted') return new ServiceError('CLIENT_CLOSED', 'the client aborted the upload');
   const code = fe.code ? FASTIFY_CODES[fe.code] : undefined;
-  if (code === 'BODY_TOO_LARGE') return new ServiceError(code, `the body is over the limit of ${cfg.bodyLimitBytes} bytes (BODY_LIMIT_BYTES); send fewer latents per request`);
+  if (code === 'BODY_TOO_LARGE') return new ServiceError(code, `the body is over the limit of ${cfg.bodyLimitBytes} bytes (BODY_LIMIT_BYTES); ${bodyTooLargeAdvice(req.routeOptions.url)}`);
   if (code) return new ServiceError(code, fe.message);
   if (fe.statusCode && fe.statusCode < 500) return new ServiceError('BAD_PARAMETER', fe.message);
   return new ServiceError('INTERNAL', 'internal error', { cause: err });

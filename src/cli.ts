@@ -219,9 +219,10 @@ async function modelsCommand(args: string[]): Promise<void> {
     const bytes = await Promise.all(files.map((f) => stat(f).then((st) => st.size, () => NaN)));
     const total = bytes.reduce((a, b) => a + b, 0);
     const size = spec.builtin ? 'built-in' : Number.isNaN(total) ? 'missing' : `${(total / 2 ** 20).toFixed(1)} MiB`;
-    rows.push([spec.name, String(c.latentChannels ?? '?'), c.precision ?? '?', String(c.scalingFactor ?? '?'), String(c.shiftFactor ?? 0), size, c.family ?? '']);
+    const directions = [spec.builtin || spec.modelPath || spec.modelBytes ? 'decode' : '', spec.encoderPath ? 'encode' : ''].filter(Boolean).join(',');
+    rows.push([spec.name, String(c.latentChannels ?? '?'), c.precision ?? '?', String(c.scalingFactor ?? '?'), String(c.shiftFactor ?? 0), size, c.family ?? '', directions]);
   }
-  const table = [['NAME', 'CHANNELS', 'PRECISION', 'SCALING', 'SHIFT', 'SIZE', 'FAMILY'], ...rows];
+  const table = [['NAME', 'CHANNELS', 'PRECISION', 'SCALING', 'SHIFT', 'SIZE', 'FAMILY', 'DIRECTIONS'], ...rows];
   const widths = table[0]!.map((_, i) => Math.max(...table.map((r) => r[i]!.length)));
   for (const r of table) console.log(r.map((cell, i) => cell.padEnd(widths[i]!)).join('  ').trimEnd());
 }

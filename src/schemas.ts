@@ -177,6 +177,11 @@ const encodeOptions = {
   layout: { ...options.layout, description: 'The answer\'s order: nchw [N, C, h, w] or nhwc [N, h, w, C]' },
   pack: { type: 'boolean', default: false, description: 'FLUX-packed answer [N, (H/16)·(W/16), 4C] with height and width headers (sides must be multiples of 16)' },
   resize: { type: 'boolean', default: true, description: 'An image whose sides are not multiples of 8 (16 packed or FLUX.2) is resized down to the nearest multiple with Lanczos-3 (sharp; diffusers uses PIL\'s Lanczos: a level or so apart); false: 400' },
+  tile_size: {
+    type: 'integer', minimum: 0,
+    description: 'Tiled encoding, in latents (a tile is 8× in pixels): images larger than 8·tile_size px on either side are encoded as diffusers\' AutoencoderKL.tiled_encode does (tiles encoded alone, moments cross-faded in latent space); 0 never tiles; default TILE_LATENT_SIDE (128), at most MAX_UNTILED_LATENT_SIDE',
+  },
+  tile_overlap: { type: 'number', minimum: 0, exclusiveMaximum: 1, description: 'Tiled encoding: diffusers\' tile_overlap_factor; pixel tiles start every int(8·tile_size·(1−tile_overlap)) px, which must be a whole number of latents; default TILE_OVERLAP (0.25)' },
 } as const;
 
 export const encodeSchema: FastifySchema = {
@@ -233,7 +238,7 @@ export const encodeSchema: FastifySchema = {
         },
       },
     },
-    ...errors(400, 401, 404, 413, 415, 422, 429, 500, 503, 504),
+    ...errors(...ALL_ERROR_STATUSES),
   },
 };
 

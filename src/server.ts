@@ -78,8 +78,8 @@ try {
   if (reg.defaultName === PREVIEW_MODEL_NAME) {
     log.warn(`serving the built-in preview decoder "${PREVIEW_MODEL_NAME}" (a linear approximation, not the VAE): set MODEL_PATH to an ONNX VAE decoder or convert one into ${cfg.modelsDir}/ with \`latent-decoder pull stabilityai/sd-vae-ft-mse --subfolder ""\` (in the images; \`npx latent-decoder …\` in a clone; see README)`);
   }
-  if (reg.unavailable.size > 0) log.error({ models: reg.names, unavailable: [...reg.unavailable.keys()] }, `loaded, not ready: ${reg.problem ?? ''}`);
-  else log.info({ models: reg.names, defaultModel: reg.defaultName }, 'ready');
+  if (reg.unavailable.size > 0) log.error({ models: reg.allNames, unavailable: [...reg.unavailable.keys()] }, `loaded, not ready: ${reg.problem ?? ''}`);
+  else log.info({ models: reg.allNames, defaultModel: reg.defaultName }, 'ready');
 } catch (e) {
   log.fatal({ err: e }, 'models failed to load');
   await app.close();

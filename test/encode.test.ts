@@ -3,13 +3,14 @@
 // references (test/fixtures/encode).
 import { after, test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import sharp from 'sharp';
 import { convertCheckpoint } from '../src/convert/convert.js';
 import { encodeNpy, parseNpy } from '../src/tensor/npy.js';
 import { encodeFixture, imageTensor, maxAbs, npy } from './helpers/encode-fixtures.js';
-import { bytesOf, startService, tempDir } from './helpers/service.js';
+import { bytesOf, REPO, startService, tempDir } from './helpers/service.js';
 
 // One service for the file (converting and loading three models costs seconds): closed after the last test.
 const cleanups: (() => unknown)[] = [];
@@ -254,4 +255,115 @@ test('tensor bodies as .npy and as JSON (base64 "latents", options as fields) en
   assert.match(both.json<ErrorBody>().error.message, /model is in the query string: with a JSON body, give options as JSON fields only/);
   const late = await app.inject({ method: 'POST', url: '/encode', headers: { 'x-request-timeout-ms': '0.001' }, payload: await png('96x64') });
   assert.deepEqual([late.statusCode, late.json<ErrorBody>().error.code], [504, 'DEADLINE_EXCEEDED']);
+});
+
+test('an encode-only model: /decode naming it (or a default that only encodes) says it has no decoder; /readyz lists it', async (t) => {
+  const { app } = await service(t);
+  const lat = bytesOf(new Float32Array(4 * 8 * 8));
+  const named = await app.inject({ method: 'POST', url: '/decode?model=taesd&shape=1,4,8,8', payload: lat });
+  assert.deepEqual([named.statusCode, named.json<ErrorBody>().error.code], [404, 'MODEL_NOT_FOUND']);
+  assert.match(named.json<ErrorBody>().error.message, /model "taesd" has no decoder \(it encodes only\); models that decode: sd15-preview, sd/);
+  const ready = (await app.inject({ url: '/readyz' })).json<{ models: string[] }>();
+  assert.deepEqual(ready.models, ['sd15-preview', 'sd', 'taesd']);
+
+  const dir = tempDir(t);
+  await convertCheckpoint({ weights: encodeFixture('taesd-encoder-original.safetensors'), out: join(dir, 'enc', 'model.onnx') });
+  const only = await startService(t, { MODEL_PATH: '', MODELS_DIR: dir, DEFAULT_MODEL: 'enc' });
+  const byDefault = await only.app.inject({ method: 'POST', url: '/decode?shape=1,4,8,8', payload: lat });
+  assert.deepEqual([byDefault.statusCode, byDefault.json<ErrorBody>().error.code], [404, 'MODEL_NOT_FOUND']);
+  assert.match(byDefault.json<ErrorBody>().error.message, /the default model "enc" has no decoder \(it encodes only\): name one with model=; models that decode: sd15-preview/);
+  assert.equal((await only.app.inject({ method: 'POST', url: '/encode', payload: await png('64x64') })).statusCode, 200);
+});
+
+test('curl --data-binary @image.png (curl\'s default Content-Type, application/x-www-form-urlencoded) is read by its bytes like no Content-Type', async (t) => {
+  const { app } = await service(t);
+  const img = await png('64x64');
+  const plain = await app.inject({ method: 'POST', url: '/encode', payload: img });
+  const form = await app.inject({ method: 'POST', url: '/encode', headers: { 'content-type': 'application/x-www-form-urlencoded' }, payload: img });
+  assert.equal(form.statusCode, 200, form.body);
+  assert.deepEqual(form.rawPayload, plain.rawPayload);
+  const x = bytesOf(new Float32Array(3 * 8 * 8).fill(0.25));
+  const tensor = await app.inject({ method: 'POST', url: '/encode?shape=1,3,8,8', headers: { 'content-type': 'application/x-www-form-urlencoded' }, payload: x });
+  assert.deepEqual([tensor.statusCode, JSON.parse(tensor.headers.shape as string)], [200, [1, 4, 1, 1]]);
+});
+
+test('a tensor body over BODY_LIMIT_BYTES is 413 saying to send the image as PNG/JPEG/WebP (not "fewer latents")', async (t) => {
+  const { app } = await service(t);
+  const limit = app.config.bodyLimitBytes;
+  const side = 8 * Math.ceil(Math.sqrt(limit / 12) / 8); // a float32 [1, 3, side, side] just over the limit
+  const res = await app.inject({ method: 'POST', url: `/encode?model=sd&shape=1,3,${side},${side}`, payload: Buffer.alloc(12 * side * side) });
+  assert.deepEqual([res.statusCode, res.json<ErrorBody>().error.code], [413, 'BODY_TOO_LARGE']);
+  assert.match(res.json<ErrorBody>().error.message, /an image as PNG, JPEG or WebP rather than as a tensor/);
+});
+
+test('Accept: application/x-npy with output_dtype=bfloat16 is refused before the encoder runs, without the answer\'s headers', async (t) => {
+  const { app, batches } = await service(t);
+  const before = batches.length;
+  const res = await app.inject({ method: 'POST', url: '/encode?model=sd&output_dtype=bfloat16', headers: { accept: 'application/x-npy' }, payload: await png('64x64') });
+  assert.deepEqual([res.statusCode, res.json<ErrorBody>().error.code], [400, 'BAD_PARAMETER']);
+  assert.match(res.json<ErrorBody>().error.message, /\.npy has no bfloat16/);
+  assert.equal(res.headers.dtype, undefined);
+  assert.equal(batches.length, before, 'no encoder run for a request whose answer cannot be written');
+  const json = await app.inject({
+    method: 'POST', url: '/encode', headers: { accept: 'application/x-npy', 'content-type': 'application/json' },
+    payload: JSON.stringify({ latents: bytesOf(new Float32Array(3 * 8 * 8)).toString('base64'), shape: [1, 3, 8, 8], model: 'sd', output_dtype: 'bfloat16' }),
+  });
+  assert.deepEqual([json.statusCode, json.json<ErrorBody>().error.code], [400, 'BAD_PARAMETER']);
+  assert.equal(batches.length, before);
+});
+
+test('tiling refusals on /encode speak of encoding, not decoding', async (t) => {
+  const { app } = await service(t);
+  const img = await png('64x64');
+  let r = await app.inject({ method: 'POST', url: '/encode?model=sd&tile_size=200', payload: img });
+  assert.deepEqual([r.statusCode, r.json<ErrorBody>().error.code], [400, 'BAD_PARAMETER']);
+  assert.match(r.json<ErrorBody>().error.message, /tile_size=200 is over the largest latent side encoded in one piece \(128\)/);
+  const x = bytesOf(new Float32Array(3 * 8 * 1032));
+  r = await app.inject({ method: 'POST', url: '/encode?model=sd&tile_size=0&shape=1,3,8,1032', payload: x });
+  assert.deepEqual([r.statusCode, r.json<ErrorBody>().error.code], [400, 'LATENT_TOO_LARGE']);
+  assert.match(r.json<ErrorBody>().error.message, /with tiling off \(tile_size=0\); tiled encoding \(tile_size from 1 to 128\) allows up to 512/);
+});
+
+/** The PNG without its iCCP chunk (the colour profile), its pixels untouched. */
+function withoutIccp(png: Buffer): Buffer {
+  const parts = [png.subarray(0, 8)];
+  for (let at = 8; at < png.length;) {
+    const end = at + 12 + png.readUInt32BE(at);
+    if (png.toString('latin1', at + 4, at + 8) !== 'iCCP') parts.push(png.subarray(at, end));
+    at = end;
+  }
+  return Buffer.concat(parts);
+}
+
+test('an embedded ICC profile (Display P3) is ignored as PIL ignores it: the latents of the stored values, as diffusers\' local encode gets them', async (t) => {
+  const { app } = await service(t);
+  const rgb = await sharp(await png('64x64')).removeAlpha().raw().toBuffer();
+  const p3 = await sharp(rgb, { raw: { width: 64, height: 64, channels: 3 } }).withIccProfile('p3').png().toBuffer();
+  const bare = withoutIccp(p3);
+  assert.ok(bare.length < p3.length, 'the PNG had an iCCP chunk');
+  const tagged = await app.inject({ method: 'POST', url: '/encode?model=sd', payload: p3 });
+  const untagged = await app.inject({ method: 'POST', url: '/encode?model=sd', payload: bare });
+  assert.equal(tagged.statusCode, 200, tagged.body);
+  const d = maxAbs(f32(tagged.rawPayload), f32(untagged.rawPayload));
+  t.diagnostic(`P3-tagged vs untagged latents: max |Δ| ${d}`);
+  assert.equal(d, 0);
+});
+
+test('an unknown output_dtype is named as output_dtype (not dtype, the tensor body\'s)', async (t) => {
+  const { app } = await service(t);
+  const r = await app.inject({ method: 'POST', url: '/encode?model=sd&output_dtype=int8', payload: await png('64x64') });
+  assert.deepEqual([r.statusCode, r.json<ErrorBody>().error.code], [400, 'UNKNOWN_DTYPE']);
+  assert.match(r.json<ErrorBody>().error.message, /^output_dtype "int8" is not supported/);
+});
+
+test('CLI `models` shows each model\'s directions, as GET /v1/models does', async (t) => {
+  const dir = tempDir(t);
+  await convertCheckpoint({ weights: encodeFixture('sd-ldm.safetensors'), out: join(dir, 'sd', 'model.onnx') });
+  await convertCheckpoint({ weights: encodeFixture('taesd-encoder-original.safetensors'), out: join(dir, 'taesd', 'model.onnx') });
+  const run = spawnSync(process.execPath, ['--import', 'tsx', 'src/cli.ts', 'models', '--models-dir', dir], { cwd: REPO, encoding: 'utf8', env: { ...process.env, MODEL_PATH: '' } });
+  assert.equal(run.status, 0, run.stderr);
+  assert.match(run.stdout, /^NAME\s+CHANNELS\s+PRECISION\s+SCALING\s+SHIFT\s+SIZE\s+FAMILY\s+DIRECTIONS$/m);
+  assert.match(run.stdout, /^sd15-preview\s.*\sdecode$/m);
+  assert.match(run.stdout, /^sd\s.*\sdecode,encode$/m);
+  assert.match(run.stdout, /^taesd\s.*MiB\s+encode$/m);
 });

@@ -108,8 +108,8 @@ test('CLI: convert --family taesd records it; an unknown --family is a usage err
   assert.match(run.stdout, /float16 check: max activation \S+ \(limit 32752\), PSNR \S+ dB against float32/);
   assert.equal((JSON.parse(await readFile(join(dir, 'models', 'taesd', 'config.json'), 'utf8')) as { family: string }).family, 'taesd');
   const models = cli(['models', '--models-dir', join(dir, 'models')]);
-  assert.match(models.stdout, /^NAME\s+CHANNELS\s+PRECISION\s+SCALING\s+SHIFT\s+SIZE\s+FAMILY$/m);
-  assert.match(models.stdout, /^taesd\s+4\s+fp16\s+1\s+0\s+\d+\.\d MiB\s+taesd$/m);
+  assert.match(models.stdout, /^NAME\s+CHANNELS\s+PRECISION\s+SCALING\s+SHIFT\s+SIZE\s+FAMILY\s+DIRECTIONS$/m);
+  assert.match(models.stdout, /^taesd\s+4\s+fp16\s+1\s+0\s+\d+\.\d MiB\s+taesd\s+decode$/m);
 });
 
 test('a served model that names its family but not its factors gets the family\'s factors', async (t) => {

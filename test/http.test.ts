@@ -157,7 +157,7 @@ test('an Expect other than 100-continue: 417 EXPECTATION_FAILED in the service\'
   assert.match(res.body, /something-else/);
   assert.equal(res.headers.connection, 'close');
   const text = await (await fetch(`http://127.0.0.1:${svc.port}/metrics`)).text();
-  assert.match(text, /^latent_decoder_requests_total\{model="none",outcome="bad_request"\} 1$/m);
+  assert.match(text, /^latent_decoder_requests_total\{model="none",direction="decode",outcome="bad_request"\} 1$/m);
 });
 
 test('Content-Encoding: gzip and deflate bodies decode as the plain ones; a decompression bomb is 413 at the limit; br is 415 naming it', async (t) => {

@@ -121,3 +121,17 @@ test('openapi: response schemas serialize every JSON answer exactly as JSON.stri
   assert.equal(a.json<{ error: { code: string } }>().error.code, 'SHUTTING_DOWN');
   assert.equal(a.json<{ error: { requestId: string } }>().error.requestId, 'drain-check', 'a 5xx body names the request id');
 });
+
+test('openapi: /encode documents every option its parser reads', async () => {
+  const { ENCODE_OPTION_NAMES } = await import('../src/encoding/options.js');
+  const op = ((committed().paths as Record<string, Record<string, { parameters: { name: string; in: string }[] }>>)['/encode']!.post!);
+  const query = op.parameters.filter((p) => p.in === 'query').map((p) => p.name);
+  for (const name of ENCODE_OPTION_NAMES) assert.ok(query.includes(name), `/encode's query option ${name} is not documented: add it to encodeOptions in src/schemas.ts`);
+});
+
+test('openapi: /encode documents every status the shared HTTP layer can answer it with (408 upload timeout, 417, 431, 499)', () => {
+  const paths = committed().paths as Record<string, Record<string, { responses: Record<string, unknown> }>>;
+  const decode = Object.keys(paths['/decode']!.post!.responses).sort();
+  const encode = Object.keys(paths['/encode']!.post!.responses).sort();
+  assert.deepEqual(encode, decode);
+});

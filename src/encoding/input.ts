@@ -12,7 +12,9 @@ import { parseEncodeOptions, rejectEncodeQueryOptions, type EncodeOptions } from
 
 export type EncodeBodyKind = 'image' | 'raw' | 'npy' | 'json';
 
-const RAW_TYPES = new Set(['', 'application/octet-stream', 'tensor/binary', 'binary/octet-stream']);
+// application/x-www-form-urlencoded is what curl labels `--data-binary @file` without -H: no form
+// body can be an image or a tensor, so it is read by its bytes like an unlabelled one.
+const RAW_TYPES = new Set(['', 'application/octet-stream', 'tensor/binary', 'binary/octet-stream', 'application/x-www-form-urlencoded']);
 const NPY_TYPES = new Set(['application/x-npy', 'application/npy', 'application/x-numpy']);
 const IMAGE_TYPES = new Set(['image/png', 'image/jpeg', 'image/jpg', 'image/webp']);
 

@@ -52,7 +52,7 @@ function choice<T extends string>(name: string, v: Raw, from: OptionSource, tabl
 /** Reads /encode's options from a flat record; throws BAD_PARAMETER / BAD_SHAPE / UNKNOWN_DTYPE naming the option. */
 export function parseEncodeOptions(src: Record<string, Raw>, from: OptionSource = 'query'): EncodeOptions {
   const model = str('model', src.model, from);
-  const outputDtype = src.output_dtype === undefined ? 'float32' : parseDtype(src.output_dtype, from);
+  const outputDtype = src.output_dtype === undefined ? 'float32' : parseDtype(src.output_dtype, from, 'output_dtype');
   const opts: EncodeOptions = {
     model: model === '' ? undefined : model,
     shape: parseShape(src.shape),

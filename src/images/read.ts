@@ -50,6 +50,8 @@ export interface ImageHeader {
   height: number;
   /** What the encoder gets: the sides rounded down to multiples of the factor, px. */
   target: { width: number; height: number };
+  /** CMYK (converted with its ICC profile, or libvips' default one); other images' profiles are ignored. */
+  cmyk: boolean;
 }
 
 /**
@@ -62,10 +64,12 @@ export async function readImageHeader(bytes: Uint8Array, limits: ImageLimits): P
   if (!format) throw new ServiceError('BAD_IMAGE', `the body is neither a PNG, JPEG or WebP image nor a tensor: it looks like ${describeBytes(bytes)}`);
   let width: number | undefined;
   let height: number | undefined;
+  let cmyk = false;
   try {
     const meta = await sharp(bytes, { limitInputPixels: false }).metadata();
     width = meta.width;
     height = meta.pageHeight ?? meta.height; // an animated image: its first frame
+    cmyk = meta.space === 'cmyk';
   } catch (e) {
     throw new ServiceError('BAD_IMAGE', `the ${format.toUpperCase()} image cannot be read: ${(e as Error).message}`);
   }
@@ -79,7 +83,7 @@ export async function readImageHeader(bytes: Uint8Array, limits: ImageLimits): P
   if (!limits.resize && (target.width !== width || target.height !== height)) {
     throw new ServiceError('BAD_IMAGE_SIZE', `the image is ${width}x${height}, not a multiple of ${f} on each side: send ${target.width}x${target.height}, or leave resize on`);
   }
-  return { format, width, height, target };
+  return { format, width, height, target, cmyk };
 }
 
 /** PIL's uint8 → float32, then `2x − 1` in float32, as VaeImageProcessor does: one table for the 256 levels. */
@@ -89,11 +93,13 @@ const LEVELS = Float32Array.from({ length: 256 }, (_, v) => Math.fround(Math.fro
  * Decodes the image's first frame to RGB and writes it as float32 [3, H, W] in [-1, 1] into `out`
  * at `offset` (a batch's buffer). Sides that are not multiples of the factor are resized down with
  * sharp's Lanczos-3 (diffusers resizes with PIL's Lanczos: values may differ by a level or so).
+ * An embedded ICC profile is ignored, as PIL's `convert("RGB")` ignores it (a Display P3 photo's
+ * stored values are what diffusers' own encode sees), except a CMYK image's, which converts with it.
  * Throws BAD_IMAGE when the data is truncated or corrupt.
  */
 export async function decodeImage(bytes: Uint8Array, header: ImageHeader, out: Float32Array, offset = 0): Promise<void> {
   const { width, height } = header.target;
-  let img = sharp(bytes, { limitInputPixels: header.width * header.height, failOn: 'error', pages: 1 }).removeAlpha();
+  let img = sharp(bytes, { limitInputPixels: header.width * header.height, failOn: 'error', pages: 1, ignoreIcc: !header.cmyk }).removeAlpha();
   if (width !== header.width || height !== header.height) img = img.resize(width, height, { fit: 'fill', kernel: 'lanczos3' });
   let data: Buffer;
   try {

@@ -119,12 +119,13 @@ function splitShape(s: string): string[] {
   return s.trim().replace(/^[[(]|[\])]$/g, '').split(',').map((p) => p.trim()).filter((p) => p !== '');
 }
 
-export function parseDtype(v: Raw, from: OptionSource = 'query'): WireDtype {
-  const s = str('dtype', v, from);
+/** A wire dtype from option `name` ("torch." prefix accepted; float32 when unset); UNKNOWN_DTYPE naming the option. */
+export function parseDtype(v: Raw, from: OptionSource = 'query', name = 'dtype'): WireDtype {
+  const s = str(name, v, from);
   if (s === undefined) return 'float32';
   const d = s.replace(/^torch\./, '');
   if (!(WIRE_DTYPES as readonly string[]).includes(d)) {
-    throw new ServiceError('UNKNOWN_DTYPE', `dtype ${show(s)} is not supported: use ${WIRE_DTYPES.join(', ')}`);
+    throw new ServiceError('UNKNOWN_DTYPE', `${name} ${show(s)} is not supported: use ${WIRE_DTYPES.join(', ')}`);
   }
   return d as WireDtype;
 }

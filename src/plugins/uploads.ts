@@ -20,6 +20,16 @@ declare module 'fastify' {
 }
 
 export type ContentEncoding = 'identity' | 'gzip' | 'deflate';
+
+/**
+ * What to do about a body over BODY_LIMIT_BYTES, for the route it was sent to: /decode's bodies
+ * are latents; /encode's an image or an image tensor (float32 is 12 bytes a pixel, a PNG a few).
+ */
+export function bodyTooLargeAdvice(url: string | undefined): string {
+  return url === '/encode'
+    ? 'send fewer images per request, an image as PNG, JPEG or WebP rather than as a tensor (float32: 12 bytes a pixel), or raise BODY_LIMIT_BYTES'
+    : 'send fewer latents per request';
+}
 const ENCODINGS: Record<string, ContentEncoding> = { 'identity': 'identity', 'gzip': 'gzip', 'x-gzip': 'gzip', 'deflate': 'deflate' };
 const CLOSE = { connection: 'close' };
 
@@ -106,7 +116,7 @@ export class Uploads {
     } catch (e) {
       return done(e as Error);
     }
-    const tooLarge = (): ServiceError => new ServiceError('BODY_TOO_LARGE', `the ${encoding === 'identity' ? '' : 'decompressed '}body is over the limit of ${opts.limit} bytes (BODY_LIMIT_BYTES); send fewer latents per request`, { headers: CLOSE });
+    const tooLarge = (): ServiceError => new ServiceError('BODY_TOO_LARGE', `the ${encoding === 'identity' ? '' : 'decompressed '}body is over the limit of ${opts.limit} bytes (BODY_LIMIT_BYTES); ${bodyTooLargeAdvice(req.routeOptions.url)}`, { headers: CLOSE });
     const header = req.headers['content-length'];
     const declared = header === undefined || encoding !== 'identity' ? undefined : Number(header);
     if (declared !== undefined && declared > opts.limit) return done(tooLarge());

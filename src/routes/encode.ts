@@ -34,7 +34,7 @@ export default async function encodeRoutes(app: FastifyInstance): Promise<void> 
   const host = app.models;
   const { admit, release } = reservations<ServedEncoder, EncodeTicket>();
   const tiling = (shape: readonly number[], o: EncodeOptions): TileSettings | undefined =>
-    tilingFor([shape[0]!, 3, shape[2]! / VAE_SCALE_FACTOR, shape[3]! / VAE_SCALE_FACTOR], o, cfg);
+    tilingFor([shape[0]!, 3, shape[2]! / VAE_SCALE_FACTOR, shape[3]! / VAE_SCALE_FACTOR], o, cfg, 'encode');
 
   const deadlineOf = requestDeadlines(app);
   app.metrics.countRequests(app);
@@ -56,6 +56,7 @@ export default async function encodeRoutes(app: FastifyInstance): Promise<void> 
       if (length !== undefined && length > (req.routeOptions.bodyLimit ?? Infinity)) throw new errorCodes.FST_ERR_CTP_BODY_TOO_LARGE();
       if (kind === 'json') return; // its options are in the body
       const opts = parseEncodeOptions(req.query as Record<string, Raw>);
+      checkAnswerable(opts, req.headers.accept);
       const enc = registry.encoder(opts.model);
       note.model = enc.name;
       if (length === 0) throw new ServiceError('EMPTY_BODY', 'the request body is empty: send an image (PNG, JPEG, WebP) or a tensor [N, 3, H, W]');
@@ -108,6 +109,7 @@ export default async function encodeRoutes(app: FastifyInstance): Promise<void> 
       });
       const model = chosen!;
       const opts = input.options;
+      checkAnswerable(opts, req.headers.accept);
       note.samples = input.shape[0];
       const [n, , h, w] = input.shape;
       // above the untiled size, diffusers' tiled_encode (tilingFor throws for sizes that cannot be encoded at all)
@@ -153,6 +155,13 @@ export default async function encodeRoutes(app: FastifyInstance): Promise<void> 
   });
 }
 
+/** An answer the options and Accept ask for must be writable: .npy has no bfloat16 (BAD_PARAMETER, before any work). */
+function checkAnswerable(o: EncodeOptions, accept: string | undefined): void {
+  if (o.outputDtype === 'bfloat16' && (accept ?? '').toLowerCase().includes('application/x-npy')) {
+    throw new ServiceError('BAD_PARAMETER', '.npy has no bfloat16: ask for output_dtype=float32 or float16, or the raw answer');
+  }
+}
+
 /**
  * The latents as the client asked (Accept): raw bytes with `shape` and `dtype` headers (what
  * diffusers' remote_encode reads; the default), a .npy file, or JSON with base64 latents.
@@ -161,7 +170,6 @@ function answer(out: LatentsOut, accept: string | undefined, reply: FastifyReply
   const wants = (accept ?? '').toLowerCase();
   reply.header('shape', JSON.stringify(out.shape)).header('dtype', out.dtype);
   if (wants.includes('application/x-npy')) {
-    if (out.dtype === 'bfloat16') throw new ServiceError('BAD_PARAMETER', '.npy has no bfloat16: ask for output_dtype=float32 or float16, or the raw answer');
     reply.type('application/x-npy');
     const data = out.dtype === 'float32' ? new Float32Array(out.bytes.buffer, out.bytes.byteOffset, out.bytes.byteLength / 4) : new Uint16Array(out.bytes.buffer, out.bytes.byteOffset, out.bytes.byteLength / 2);
     return encodeNpy({ dtype: out.dtype === 'float32' ? '<f4' : '<f2', shape: out.shape, data });

@@ -13,6 +13,6 @@ export default async function healthRoutes(app: FastifyInstance): Promise<void> 
     if (host.draining) throw new ServiceError('SHUTTING_DOWN', 'the service is draining');
     if (!host.registry) throw new ServiceError('NOT_READY', 'the models are loading and warming up');
     if (!host.ready) throw new ServiceError('NOT_READY', host.registry.problem ?? 'an inference worker is restarting');
-    return { status: 'ready', models: host.registry.names, defaultModel: host.registry.defaultName };
+    return { status: 'ready', models: host.registry.allNames, defaultModel: host.registry.defaultName };
   });
 }

@@ -205,7 +205,8 @@ export class ModelRegistry {
 
   /**
    * The model a request names (the default model when it names none).
-   * @throws ServiceError MODEL_NOT_FOUND (404) for an unknown name, MODEL_UNAVAILABLE (503) for a
+   * @throws ServiceError MODEL_NOT_FOUND (404) for an unknown name or a model that only encodes (named
+   *   so, with the models that decode), MODEL_UNAVAILABLE (503) for a
    *   model whose weights are broken (the message says which tensor)
    */
   resolve(name: string | undefined): ServedModel {
@@ -214,6 +215,11 @@ export class ModelRegistry {
     if (model) return model;
     const broken = this.unavailable.get(key);
     if (broken) throw new ServiceError('MODEL_UNAVAILABLE', `model ${key} cannot serve: ${broken.reason}`);
+    const decoders = `models that decode: ${this.names.join(', ')}`;
+    if (this.encoders.has(key)) {
+      const which = name === undefined ? `the default model ${JSON.stringify(key)} has no decoder (it encodes only): name one with model=` : `model ${JSON.stringify(key)} has no decoder (it encodes only)`;
+      throw new ServiceError('MODEL_NOT_FOUND', `${which}; ${decoders}`);
+    }
     throw new ServiceError('MODEL_NOT_FOUND', `no model named ${JSON.stringify(name)}; available: ${this.names.join(', ')}`);
   }
 
@@ -251,6 +257,7 @@ export class ModelRegistry {
     return restarting.length > 0 ? `the inference worker of ${restarting.join(', ')} is restarting` : undefined;
   }
 
+  /** The models that decode, in load order (allNames: every model). */
   get names(): string[] {
     return [...this.models.keys()];
   }

@@ -24,22 +24,25 @@ export interface TileSettings {
 type TilingConfig = Pick<Config, 'tileLatentSide' | 'tileOverlap' | 'maxUntiledLatentSide' | 'maxLatentSide'>;
 
 /**
- * The tile settings for an [N, C, h, w] request, or undefined to decode it in one piece.
- * Throws LATENT_TOO_LARGE for latents too large to decode in one piece with tiling off.
+ * The tile settings for an [N, C, h, w] request (latent sizes, /encode's too), or undefined to run
+ * it in one piece; `direction` words the errors. Throws LATENT_TOO_LARGE for latents too large to
+ * run in one piece with tiling off, BAD_PARAMETER for a tile size or overlap that cannot tile.
  */
-export function tilingFor(shape: readonly number[], opts: Pick<DecodeOptions, 'tileSize' | 'tileOverlap'>, cfg: TilingConfig): TileSettings | undefined {
+export function tilingFor(shape: readonly number[], opts: Pick<DecodeOptions, 'tileSize' | 'tileOverlap'>, cfg: TilingConfig,
+  direction: 'decode' | 'encode' = 'decode'): TileSettings | undefined {
+  const [done, doing] = direction === 'decode' ? ['decoded', 'decoding'] : ['encoded', 'encoding'];
   const [, , h, w] = shape as [number, number, number, number];
   const tile = opts.tileSize ?? cfg.tileLatentSide;
   const overlap = opts.tileOverlap ?? cfg.tileOverlap;
   const max = cfg.maxUntiledLatentSide;
   if (tile > max) {
-    throw new ServiceError('BAD_PARAMETER', `tile_size=${tile} is over the largest latent side decoded in one piece (${max}); use 1 to ${max}, or 0 not to tile`);
+    throw new ServiceError('BAD_PARAMETER', `tile_size=${tile} is over the largest latent side ${done} in one piece (${max}); use 1 to ${max}, or 0 not to tile`);
   }
   if (!needsTiling(h, w, tile)) {
     if (h > max || w > max) {
       const how = tile === 0 ? 'with tiling off (tile_size=0)' : 'in one piece';
       throw new ServiceError('LATENT_TOO_LARGE',
-        `latent size ${h}x${w} is over the maximum side of ${max} (${max * 8} px) ${how}; tiled decoding (tile_size from 1 to ${max}) allows up to ${cfg.maxLatentSide}`);
+        `latent size ${h}x${w} is over the maximum side of ${max} (${max * 8} px) ${how}; tiled ${doing} (tile_size from 1 to ${max}) allows up to ${cfg.maxLatentSide}`);
     }
     return undefined;
   }
