@@ -200,7 +200,7 @@ test('CLI: --help exits 0; usage errors exit 2; convert works end to end; failur
   assert.ok((await compareWithReference(out)).psnr >= MIN_FP16_PSNR);
   const models = cli(['models', '--models-dir', join(dir, 'models')]);
   assert.equal(models.status, 0);
-  assert.match(models.stdout, /^sd-fp16\s+4\s+fp16\s+0\.18215\s+0\s+\d+\.\d MiB$/m);
+  assert.match(models.stdout, /^sd-fp16\s+4\s+fp16\s+0\.18215\s+0\s+\d+\.\d MiB\s+decode$/m);
 
   const fail = cli(['convert', join(dir, 'nope.safetensors'), join(dir, 'x.onnx')]);
   assert.equal(fail.status, 1);
