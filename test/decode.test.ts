@@ -17,6 +17,7 @@ test('decode: each body encoding gives the reference image within one level', as
       { name: 'raw octet-stream', headers: { 'content-type': 'application/octet-stream' }, url: `/decode?shape=1,4,16,16&${Q}`, payload: bytesOf(lat) },
       { name: 'raw without content-type, shape inferred', headers: {}, url: `/decode?${Q}`, payload: bytesOf(lat) },
       { name: 'raw tensor/binary, repeated shape keys', headers: { 'content-type': 'tensor/binary' }, url: `/decode?shape=1&shape=4&shape=16&shape=16&dtype=float32&${Q}`, payload: bytesOf(lat) },
+      { name: "curl --data-binary's default label", headers: { 'content-type': 'application/x-www-form-urlencoded' }, url: `/decode?shape=1,4,16,16&${Q}`, payload: bytesOf(lat) },
       { name: 'npy', headers: { 'content-type': 'application/x-npy' }, url: `/decode?${Q}`, payload: encodeNpy({ dtype: '<f4', shape: [1, 4, 16, 16], data: lat }) },
       { name: 'json', headers: { 'content-type': 'application/json' }, url: '/decode',
         payload: JSON.stringify({ latents: bytesOf(lat).toString('base64'), shape: [1, 4, 16, 16], dtype: 'float32', scaling_factor: 1 }) },

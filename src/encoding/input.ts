@@ -6,16 +6,13 @@ import { ServiceError } from '../errors.js';
 import { decodeImage, describeBytes, readImageHeader, sniffImage, type ImageHeader } from '../images/read.js';
 import { scanJsonBody } from '../latents/json-body.js';
 import type { Raw } from '../latents/options.js';
+import { NPY_TYPES, RAW_TYPES } from '../latents/parse.js';
 import { BYTES_PER_ELEMENT, toFloat32, type WireDtype } from '../tensor/dtype.js';
 import { parseNpyHeader } from '../tensor/npy.js';
 import { parseEncodeOptions, rejectEncodeQueryOptions, type EncodeOptions } from './options.js';
 
 export type EncodeBodyKind = 'image' | 'raw' | 'npy' | 'json';
 
-// application/x-www-form-urlencoded is what curl labels `--data-binary @file` without -H: no form
-// body can be an image or a tensor, so it is read by its bytes like an unlabelled one.
-const RAW_TYPES = new Set(['', 'application/octet-stream', 'tensor/binary', 'binary/octet-stream', 'application/x-www-form-urlencoded']);
-const NPY_TYPES = new Set(['application/x-npy', 'application/npy', 'application/x-numpy']);
 const IMAGE_TYPES = new Set(['image/png', 'image/jpeg', 'image/jpg', 'image/webp']);
 
 /** The body's kind from its Content-Type; 'raw' bodies are told apart (image or tensor) by their bytes. */

@@ -57,8 +57,14 @@ export interface LatentPlan {
   stats?: ChannelStats;
 }
 
-const RAW_TYPES = new Set(['', 'application/octet-stream', 'tensor/binary', 'binary/octet-stream']);
-const NPY_TYPES = new Set(['application/x-npy', 'application/npy', 'application/x-numpy']);
+/**
+ * Content-Types read as raw tensor bytes. application/x-www-form-urlencoded is what curl labels
+ * `--data-binary @file` without -H: no form body can be a tensor (or an image), so it is read by
+ * its bytes like an unlabelled one.
+ */
+export const RAW_TYPES: ReadonlySet<string> = new Set(['', 'application/octet-stream', 'tensor/binary', 'binary/octet-stream', 'application/x-www-form-urlencoded']);
+/** Content-Types read as a NumPy .npy file. */
+export const NPY_TYPES: ReadonlySet<string> = new Set(['application/x-npy', 'application/npy', 'application/x-numpy']);
 
 /** The body's encoding from its Content-Type; UNSUPPORTED_MEDIA_TYPE for any other type. */
 export function bodyKind(contentType: string | undefined): BodyKind {
