@@ -11,6 +11,9 @@ import { buildTaesdGraph } from './taesd-graph.js';
 import { TaesdWeights, detectTaesd } from './taesd-weights.js';
 import { buildDecoderGraph, type DecoderGraph } from './vae-graph.js';
 import { VaeWeights } from './vae-weights.js';
+import { buildWanStepGraph } from './wan-graph.js';
+import { WanWeights, detectWan } from './wan-weights.js';
+import { WAN21_LATENTS_MEAN, WAN21_LATENTS_STD } from '../latents/normalize.js';
 import {
   CONFIG_FILE, FAMILIES, FAMILY_NAMES, MODEL_FILE, SD_SCALING_FACTOR, familiesFor, isFamily,
   type Family, type FamilyKind, type ModelConfig, type Precision,
@@ -58,10 +61,33 @@ interface DecoderSource {
   shape: Pick<ConvertResult['config'], 'ch' | 'chMult' | 'numResBlocks'>;
   weights: Pick<VaeWeights, 'check' | 'read' | 'close'>;
   build(type: ElemType): DecoderGraph;
+  /** In words, for the model's doc string. */
+  title: string;
+  /** Extra metadata_props (the Wan step graph's cache slots). */
+  metadata?: Record<string, string>;
 }
+
+const KIND_TITLES: Record<FamilyKind, string> = { kl: 'SD-family VAE', taesd: 'TAESD', wan: 'Wan 2.1 VAE streaming (one latent frame per run)' };
 
 async function openDecoder(path: string): Promise<DecoderSource> {
   const file = await SafetensorsFile.open(path);
+  if (detectWan(new Set(file.keys()))) {
+    const w = await WanWeights.fromFile(file);
+    const built = buildWanStepGraph(w.config);
+    return {
+      kind: 'wan',
+      latentChannels: w.config.latentChannels,
+      architecture: `Wan 2.1 VAE (${w.layout} layout), mid ${w.config.midChannels} ch, out ${w.config.outChannels} ch, ${built.slots.length} cache slots`,
+      shape: {},
+      weights: w,
+      build: (type) => {
+        if (type !== 'float32') throw new Error(`${path}: --fp16 is not supported for the Wan VAE (its float16 output is off by up to 8e-3); convert it in float32`);
+        return built;
+      },
+      title: KIND_TITLES.wan,
+      metadata: { feat_cache: JSON.stringify(built.slots) },
+    };
+  }
   if (detectTaesd(new Set(file.keys()))) {
     const w = await TaesdWeights.fromFile(file);
     return {
@@ -71,6 +97,7 @@ async function openDecoder(path: string): Promise<DecoderSource> {
       shape: {},
       weights: w,
       build: (type) => buildTaesdGraph(w.config, type),
+      title: KIND_TITLES.taesd,
     };
   }
   const w = await VaeWeights.fromFile(file);
@@ -82,6 +109,7 @@ async function openDecoder(path: string): Promise<DecoderSource> {
     shape: { ch: cfg.ch, chMult: cfg.chMult, numResBlocks: cfg.numResBlocks },
     weights: w,
     build: (type) => buildDecoderGraph(cfg, type),
+    title: KIND_TITLES.kl,
   };
 }
 
@@ -100,12 +128,13 @@ export async function convertCheckpoint(opts: ConvertOptions): Promise<ConvertRe
       precision,
       source: opts.source ?? basename(opts.weights),
       ...(factors.family ? { family: factors.family } : {}),
+      ...(src.kind === 'wan' ? { latentsMean: [...WAN21_LATENTS_MEAN], latentsStd: [...WAN21_LATENTS_STD] } : {}),
     };
     const type = opts.fp16 ? 'float16' : 'float32';
     const { graph, weights: refs } = src.build(type);
     for (const ref of refs) src.weights.check(ref.name, ref.shape); // fail before writing anything
     const model = graph.model({
-      doc: `${src.kind === 'taesd' ? 'TAESD' : 'SD-family VAE'} decoder (${precision}) converted from ${config.source} by latent-decoder`,
+      doc: `${src.title} decoder (${precision}) converted from ${config.source} by latent-decoder`,
       metadata: {
         name: config.name,
         scaling_factor: String(config.scalingFactor),
@@ -114,6 +143,8 @@ export async function convertCheckpoint(opts: ConvertOptions): Promise<ConvertRe
         precision,
         source: config.source,
         ...(config.family ? { family: config.family } : {}),
+        ...(config.latentsMean ? { latents_mean: JSON.stringify(config.latentsMean), latents_std: JSON.stringify(config.latentsStd) } : {}),
+        ...src.metadata,
       },
     });
     await mkdir(dirname(opts.out), { recursive: true });
@@ -156,7 +187,7 @@ export async function convertCheckpoint(opts: ConvertOptions): Promise<ConvertRe
   }
 }
 
-const describe = (kind: FamilyKind, channels: number) => `${channels}-channel ${kind === 'taesd' ? 'TAESD' : 'KL VAE'} decoder`;
+const describe = (kind: FamilyKind, channels: number) => `${channels}-channel ${{ kl: 'KL VAE', taesd: 'TAESD', wan: 'Wan VAE' }[kind]} decoder`;
 
 /**
  * The factors and family: explicit factors win; then --family; then what the weights make

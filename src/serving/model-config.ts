@@ -17,12 +17,15 @@ export interface ModelConfig {
   source: string;
   /** The model family (see FAMILIES), when the converter was told it or could be certain of it. */
   family?: Family;
+  /** Per-channel normalisation (Wan): decoder input = latents · latentsStd + latentsMean. */
+  latentsMean?: number[];
+  latentsStd?: number[];
 }
 
 /** A repository folder's config.json or a MODEL_PATH sidecar, as read: every field optional. */
 export type ModelConfigFile = Partial<ModelConfig>;
 
-export type FamilyKind = 'kl' | 'taesd';
+export type FamilyKind = 'kl' | 'taesd' | 'wan';
 
 export interface FamilySpec {
   /** The latent channels the family's decoder takes. */
@@ -49,6 +52,9 @@ export const FAMILIES = {
   taesdxl: { latentChannels: 4, kind: 'taesd', scalingFactor: 1, shiftFactor: 0 },
   taesd3: { latentChannels: 16, kind: 'taesd', scalingFactor: 1, shiftFactor: 0 },
   taef1: { latentChannels: 16, kind: 'taesd', scalingFactor: 1, shiftFactor: 0 },
+  // the Wan 2.1 VAE (video); per-channel latents_mean/latents_std instead of a factor
+  'wan2.1': { latentChannels: 16, kind: 'wan', scalingFactor: 1, shiftFactor: 0 },
+  'qwen-image': { latentChannels: 16, kind: 'wan', scalingFactor: 1, shiftFactor: 0 },
 } as const satisfies Record<string, FamilySpec>;
 
 export type Family = keyof typeof FAMILIES;
