@@ -7,6 +7,7 @@ import { halfBitsToFloat32, toFloat16Bits } from '../tensor/dtype.js';
 import { IMAGE_OUTPUT, NONFINITE_OUTPUT, withPostprocess } from '../onnx/postprocess.js';
 import type { MainMessage, ModelIo, RunOutputs, WorkerInit, WorkerMessage } from './protocol.js';
 import { warmupPlan } from './warmup.js';
+import { isStepGraph, serveSteps } from '../video/step-worker.js';
 
 const init = workerData as WorkerInit;
 const port = parentPort!;
@@ -51,6 +52,10 @@ async function main(): Promise<void> {
   const original = init.modelBytes ?? (await readFile(init.modelPath!));
   const { bytes, io } = withPostprocess(original);
   const { session, provider } = await createSession(bytes);
+  if (isStepGraph(io.metadata)) {
+    const base = { provider, loadMs: performance.now() - t0, metadata: io.metadata };
+    return serveSteps({ ort, session, port, post, io: base, warmup: warmupPlan(provider, init.warmupLatentSizes, init.maxBatchSize) });
+  }
   const meta = session.inputMetadata.find((m) => m.name === io.input);
   if (!meta || !meta.isTensor) throw new Error(`the model has no tensor input ${io.input}`);
   if (meta.type !== 'float32' && meta.type !== 'float16') {

@@ -9,6 +9,9 @@ import { InferenceRunner, type RunnerLogger, type RunnerOptions, type RunResult 
 import type { ModelIo, OutputName } from '../inference/protocol.js';
 import type { LatentTensor, ModelLimits } from '../latents/parse.js';
 import { FAMILIES, defaultFactors, isFamily, type ModelConfigFile } from './model-config.js';
+import type { ChannelNormalization } from '../latents/normalize.js';
+import type { VideoStep } from '../video/protocol.js';
+import { runStep } from '../video/step-run.js';
 
 export interface ModelSpec {
   name: string;
@@ -21,6 +24,8 @@ export interface ModelSpec {
 interface Payload {
   tensor: LatentTensor;
   fetch: OutputName[];
+  /** A streaming video decoder's step (src/video/decoder.ts): one stream's latent frame. */
+  step?: VideoStep;
 }
 
 interface BatchResult extends RunResult {
@@ -47,6 +52,8 @@ export class ServedModel implements ModelLimits {
   readonly shiftFactor: number;
   readonly maxLatentSide: number;
   readonly factorsGuessed: boolean;
+  /** Per-channel latents_mean/latents_std (Wan), from config.json or the ONNX metadata. */
+  readonly normalization: ChannelNormalization | undefined;
   private readonly fixedSide: [number | string, number | string];
   private constructor(readonly spec: ModelSpec, readonly runners: InferenceRunner[], cfg: Config, onBatch?: BatchListener) {
     const io = runners[0]!.io;
@@ -62,7 +69,10 @@ export class ServedModel implements ModelLimits {
     this.shiftFactor = spec.file.shiftFactor ?? metaNum('shift_factor') ?? base.shiftFactor;
     this.factorsGuessed = scaling === undefined && !preset && defaults.guessed;
     this.maxLatentSide = cfg.maxLatentSide;
-    this.fixedSide = [io.inputShape[2]!, io.inputShape[3]!];
+    this.fixedSide = [io.inputShape.at(-2)!, io.inputShape.at(-1)!];
+    const mean = spec.file.latentsMean ?? (meta.latents_mean ? JSON.parse(meta.latents_mean) as number[] : undefined);
+    const std = spec.file.latentsStd ?? (meta.latents_std ? JSON.parse(meta.latents_std) as number[] : undefined);
+    this.normalization = mean && std ? { latentsMean: mean, latentsStd: std } : undefined;
     const fixedBatch = typeof io.inputShape[0] === 'number' ? io.inputShape[0] : Infinity;
     this.batcher = new Batcher<Payload, BatchResult>((b) => this.runBatch(b), {
       maxBatchSize: Math.min(cfg.maxBatchSize, fixedBatch),
@@ -102,6 +112,8 @@ export class ServedModel implements ModelLimits {
   /** Every instance loaded and running (none restarting). */
   get healthy(): boolean { return this.runners.every((r) => r.healthy); }
   get channels(): number { return this.io.channels; }
+  /** A streaming video decoder (one latent frame per run, src/video/), not an image decoder. */
+  get isVideo(): boolean { return this.io.inputShape.length === 5; }
   get precision(): string { return this.spec.file.precision ?? (this.io.inputType === 'float16' ? 'fp16' : 'fp32'); }
   /** The model family (sd1, sdxl, taesd, ...) when config.json or the ONNX metadata names one. */
   get family(): string | undefined { return this.spec.file.family ?? (this.io.metadata.family || undefined); }
@@ -144,7 +156,15 @@ export class ServedModel implements ModelLimits {
   }
 
   private async runBatch(batch: Batch<Payload>): Promise<BatchResult> {
-    const [, c, h, w] = batch.slices[0]!.payload.tensor.shape;
+    const { step, tensor: first, fetch: stepFetch } = batch.slices[0]!.payload;
+    if (step) {
+      try {
+        return { ...(await runStep(this.runners[step.instance]!, first.data, first.shape, step, stepFetch)), samples: 1 };
+      } catch (e) {
+        throw new ServiceError('INFERENCE_FAILED', `model ${this.name} failed on a video step of ${first.shape.join('x')}: ${(e as Error).message}`, { cause: e });
+      }
+    }
+    const [, c, h, w] = first.shape;
     const per = c * h * w;
     const data = new Float32Array(batch.samples * per);
     const fetch = new Set<OutputName>();

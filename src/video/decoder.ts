@@ -1,0 +1,83 @@
+// A video through a streaming decoder, one latent frame per step: each step is queued on the
+// model's batcher on its own (the fairness rule: a video holds a model instance for one step at a
+// time, and whatever was queued during that step runs before the video's next one, the batcher
+// taking the oldest request first), and the frames of each step are yielded as soon as it ends.
+// The deadline and the client's signal are checked by the batcher at every step, so an abandoned
+// video stops at the next step; its caches are then dropped in the worker.
+import { ServiceError } from '../errors.js';
+import type { OutputName } from '../inference/protocol.js';
+import type { ServedModel } from '../serving/served-model.js';
+
+/** Decoder-space latents of N videos: float32 [N, C, T, h, w]. */
+export interface VideoTensor {
+  data: Float32Array;
+  shape: [number, number, number, number, number];
+}
+
+/** The output of one latent frame. */
+export interface StepFrames {
+  /** The latent frame it came from (0-based). */
+  step: number;
+  /** Output frames of this step: 1 for latent frame 0, then 4 (Wan). */
+  frames: number;
+  height: number;
+  width: number;
+  /** uint8 [N, frames, height, width, 3]. */
+  images?: Uint8Array;
+  /** float32 [N, 3, frames, height, width], clamped to [-1, 1]. */
+  samples?: Float32Array;
+  queueMs: number;
+  runMs: number;
+}
+
+let nextStream = 0;
+/** Output pixels per latent, each way (Wan's 8× spatial upsampling). */
+export const SPATIAL_SCALE = 8;
+
+/** Output frames of T latent frames: 1 + 4(T − 1) (Wan's 4× temporal upsampling, causal first frame). */
+export function outputFrames(latentFrames: number): number {
+  return 1 + 4 * (latentFrames - 1);
+}
+
+/** One latent frame t of [N, C, T, h, w] as [N, C, h, w]. */
+export function latentFrame(video: VideoTensor, t: number): Float32Array {
+  const [n, c, frames, h, w] = video.shape;
+  const plane = h * w;
+  const out = new Float32Array(n * c * plane);
+  for (let s = 0; s < n * c; s++) out.set(video.data.subarray((s * frames + t) * plane, (s * frames + t + 1) * plane), s * plane);
+  return out;
+}
+
+/**
+ * Decodes `video` step by step on `model` (a streaming video decoder), yielding each step's frames.
+ * Stopping the iteration early (return, throw, abort) ends the stream in the worker.
+ * @throws ServiceError BAD_SHAPE when the model is not a video decoder; the batcher's errors
+ *   (QueueFullError, DeadlineError, the signal's reason) and INFERENCE_FAILED as they happen
+ */
+export async function* decodeVideo(model: ServedModel, video: VideoTensor, fetch: OutputName[], opts: { deadline?: number; signal?: AbortSignal } = {}): AsyncGenerator<StepFrames> {
+  if (!model.isVideo) throw new ServiceError('BAD_SHAPE', `model ${model.name} is an image decoder: it takes [N, C, h, w] latents, not a video`);
+  const [n, c, frames, h, w] = video.shape;
+  const stream = nextStream++;
+  const instance = stream % model.runners.length;
+  let done = false;
+  try {
+    for (let t = 0; t < frames; t++) {
+      const last = t === frames - 1;
+      const data = latentFrame(video, t);
+      const res = await model.batcher.submit(`video:${stream}`, {
+        tensor: { data, shape: [n, c, h, w] }, fetch, step: { stream, instance, first: t === 0, last },
+      }, 1, { ...opts, cost: n * h * w });
+      done = last;
+      const out = res.parts[0]!.result.outputs;
+      const values = out.image?.byteLength ?? out.sample!.byteLength / 4;
+      yield {
+        step: t, frames: values / (n * 3 * SPATIAL_SCALE ** 2 * h * w), height: h * SPATIAL_SCALE, width: w * SPATIAL_SCALE,
+        ...(out.image ? { images: new Uint8Array(out.image) } : {}),
+        ...(out.sample ? { samples: new Float32Array(out.sample) } : {}),
+        queueMs: res.queueMs, runMs: res.runMs,
+      };
+    }
+  } finally {
+    if (!done) model.runners[instance]!.notify({ type: 'end-stream', stream });
+  }
+}

@@ -1,0 +1,37 @@
+// Messages between the main thread and an inference worker serving a streaming video decoder (the
+// Wan VAE's step graph, src/convert/wan-graph.ts). The causal caches stay in the worker: the main
+// thread sends one latent frame per step and gets that step's output frames back.
+import type { OutputName } from '../inference/protocol.js';
+
+/** Decodes one latent frame of stream `stream`; answered with a 'result' (or 'error') of the same id. */
+export interface StepRequest {
+  type: 'step';
+  id: number;
+  /** The main thread's id for one video batch; its caches live in the worker until `last`. */
+  stream: number;
+  /** float32 [N, C, 1, h, w] decoder-space latents, transferred. */
+  data: ArrayBuffer;
+  dims: [number, number, number, number, number];
+  /** Latent frame 0: the worker starts the stream's caches at zero. */
+  first: boolean;
+  /** The stream's last latent frame: the worker drops its caches after it. */
+  last: boolean;
+  fetch: OutputName[];
+}
+
+/** Drops a stream's caches (a video abandoned before its last step). */
+export interface EndStreamRequest {
+  type: 'end-stream';
+  stream: number;
+}
+
+export type VideoMessage = StepRequest | EndStreamRequest;
+
+/** What a queued video step carries besides its latents (see src/video/decoder.ts). */
+export interface VideoStep {
+  stream: number;
+  /** The model instance holding the stream's caches: every step of a stream runs there. */
+  instance: number;
+  first: boolean;
+  last: boolean;
+}

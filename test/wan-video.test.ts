@@ -1,0 +1,49 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { decodeVideo, type VideoTensor } from '../src/video/decoder.js';
+import { startService } from './helpers/service.js';
+import { FLOAT_TOLERANCE, maxAbs, npy, wanModels } from './helpers/wan.js';
+
+/** [N, 3, F, H, W] from the steps' [N, 3, f, H, W] pieces, and [N, F, H, W, 3] from theirs. */
+function assemble(steps: { frames: number; samples?: Float32Array; images?: Uint8Array }[], n: number, plane: number): { samples: Float32Array; images: Uint8Array } {
+  const total = steps.reduce((a, s) => a + s.frames, 0);
+  const samples = new Float32Array(n * 3 * total * plane);
+  const images = new Uint8Array(n * total * plane * 3);
+  let f0 = 0;
+  for (const s of steps) {
+    for (let i = 0; i < n; i++) {
+      for (let c = 0; c < 3; c++) {
+        samples.set(s.samples!.subarray(((i * 3 + c) * s.frames) * plane, ((i * 3 + c) * s.frames + s.frames) * plane), ((i * 3 + c) * total + f0) * plane);
+      }
+      images.set(s.images!.subarray(i * s.frames * plane * 3, (i + 1) * s.frames * plane * 3), (i * total + f0) * plane * 3);
+    }
+    f0 += s.frames;
+  }
+  return { samples, images };
+}
+
+for (const c of ['video', 'batch', 'image'] as const) {
+  test(`the worker decodes the ${c} case step by step (caches kept in the worker) to diffusers' references`, async (t) => {
+    const dir = await wanModels(t);
+    const { registry } = await startService(t, { MODEL_PATH: '', MODELS_DIR: dir });
+    const latents = await npy(`${c}-latents-decoder.npy`);
+    const ref = await npy(`${c}-reference.npy`);
+    const rgb = await npy(`${c}-reference-rgb.npy`);
+    const shape = latents.shape as VideoTensor['shape'];
+    for (const name of ['wan-diffusers', 'wan-original']) {
+      const model = registry.get(name)!;
+      assert.ok(model.isVideo);
+      const steps = [];
+      for await (const s of decodeVideo(model, { data: latents.data as Float32Array, shape }, ['image', 'sample'])) steps.push(s);
+      assert.deepEqual(steps.map((s) => s.frames), [1, 4, 4].slice(0, shape[2]));
+      const { height, width } = steps[0]!;
+      assert.deepEqual([height, width], ref.shape.slice(3));
+      const { samples, images } = assemble(steps, shape[0], height * width);
+      const err = maxAbs(samples, ref.data as Float32Array);
+      const levels = maxAbs(images, rgb.data as Uint8Array);
+      t.diagnostic(`${name}: max abs error ${err.toExponential(2)}, max RGB difference ${levels}`);
+      assert.ok(err <= FLOAT_TOLERANCE, `float error ${err}`);
+      assert.ok(levels <= 1, `RGB difference ${levels}`);
+    }
+  });
+}
