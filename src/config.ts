@@ -46,6 +46,10 @@ export interface Config {
   tileOverlap: number;
   /** The largest latent side the decoder runs in one piece: a whole untiled request, or a tile. */
   maxUntiledLatentSide: number;
+  /** Latent frames (T of [N, C, T, h, w]) one video request may hold: 413 above, from the query. */
+  maxVideoFrames: number;
+  /** The ffmpeg binary for mp4/webm answers; unset: @ffmpeg-installer/ffmpeg, then ffmpeg on PATH. */
+  ffmpegPath?: string;
 }
 
 export class ConfigError extends Error {
@@ -141,6 +145,8 @@ export function loadConfig(env: Env = process.env): Config {
     tileLatentSide,
     tileOverlap,
     maxUntiledLatentSide,
+    maxVideoFrames: int(env, 'MAX_VIDEO_FRAMES', 21, 1, 10_000),
+    ffmpegPath: optional(env, 'FFMPEG_PATH'),
   };
   return cfg;
 }

@@ -3,6 +3,7 @@
 // here: a new field must be added here too). /decode documents its query and bodies but does not
 // validate them: latents/ parses them itself, to answer with the service's own error codes.
 import type { FastifySchema, FastifySchemaCompiler } from 'fastify';
+import { videoContent, videoJsonBodies, videoOptions } from './video/schema.js';
 import { ErrorCodes, type ErrorCode } from './errors.js';
 import { WIRE_DTYPES } from './tensor/dtype.js';
 
@@ -51,22 +52,22 @@ function errors(...statuses: number[]): Record<number, object> {
 const options = {
   model: { type: 'string', description: 'A served model name (GET /v1/models); default: the default model' },
   shape: {
-    type: 'array', items: { type: 'integer', minimum: 1 }, minItems: 3, maxItems: 4,
-    description: '[N, C, h, w] ([N, h, w, C] with layout=nhwc) or [C, h, w]; with height and width, a 3-D shape is FLUX-packed latents [N, (H/16)·(W/16), 4C]. Repeated key (shape=1&shape=4&...) or "1,4,64,64"; decimal integers only. Optional for raw bytes: inferred from the model when the size is unambiguous',
+    type: 'array', items: { type: 'integer', minimum: 1 }, minItems: 3, maxItems: 5,
+    description: '[N, C, h, w] ([N, h, w, C] with layout=nhwc) or [C, h, w]; [N, C, T, h, w] for a video model (Wan); with height and width, a 3-D shape is FLUX-packed latents [N, (H/16)·(W/16), 4C]. Repeated key (shape=1&shape=4&...) or "1,4,64,64"; decimal integers only. Optional for raw bytes: inferred from the model when the size is unambiguous',
   },
   layout: {
     type: 'string', enum: ['nchw', 'nhwc'], default: 'nchw',
     description: 'Memory order of the latents: nchw (channels first, PyTorch) or nhwc (channels last, Keras/JAX); shape is given in the same order. Not for packed latents',
   },
   dtype: { type: 'string', enum: [...WIRE_DTYPES], default: 'float32', description: 'Element type of the latents on the wire ("torch." prefix accepted)' },
-  format: { type: 'string', enum: ['png', 'jpeg', 'jpg', 'webp'], description: 'Image format; default: from the Accept header, else png' },
-  image_format: { type: 'string', enum: ['png', 'jpeg', 'jpg', 'webp'], description: 'Same as format (the diffusers remote_decode name)' },
+  format: { type: 'string', enum: ['png', 'jpeg', 'jpg', 'webp', 'mp4', 'webm', 'gif'], description: 'Image format; default: from the Accept header, else png. Video models also take mp4, webm (ffmpeg) and gif; a video (more than one frame) defaults to animated webp, and png/jpeg give its frames as JSON' },
+  image_format: { type: 'string', enum: ['png', 'jpeg', 'jpg', 'webp', 'mp4', 'webm', 'gif'], description: 'Same as format (the diffusers remote_decode name)' },
   quality: { type: 'integer', minimum: 1, maximum: 100, description: 'JPEG/WebP quality' },
   scaling_factor: { type: 'number', not: { const: 0 }, description: 'VAE scaling factor; default: the model\'s' },
   shift_factor: { type: 'number', description: 'VAE shift factor; default: the model\'s' },
   do_scaling: { type: 'boolean', default: true, description: 'Apply latents / scaling_factor + shift_factor before decoding' },
   output_type: {
-    type: 'string', enum: ['pil', 'image', 'pt', 'tensor'], default: 'pil',
+    type: 'string', enum: ['pil', 'image', 'pt', 'tensor', 'mp4'], default: 'pil',
     description: 'pil/image: encoded images; pt/tensor: the raw tensor (application/octet-stream)',
   },
   partial_postprocess: { type: 'boolean', default: false, description: 'With output_type=pt: uint8 NHWC pixels instead of the float32 NCHW decoder output' },
@@ -77,6 +78,7 @@ const options = {
     description: 'Tiled decoding: latents larger than this on either side are decoded as overlapping tiles of this side and cross-faded as diffusers\' AutoencoderKL.tiled_decode does; 0 never tiles (then a side over MAX_UNTILED_LATENT_SIDE is LATENT_TOO_LARGE); default TILE_LATENT_SIDE (128), at most MAX_UNTILED_LATENT_SIDE',
   },
   tile_overlap: { type: 'number', minimum: 0, exclusiveMaximum: 1, description: 'Tiled decoding: diffusers\' tile_overlap_factor; tiles start every int(tile_size·(1−tile_overlap)) latents; default TILE_OVERLAP (0.25)' },
+  ...videoOptions,
 } as const;
 
 const imagesBody = {
@@ -145,11 +147,12 @@ export const decodeSchema: FastifySchema = {
         'image/png': { schema: binary },
         'image/jpeg': { schema: binary },
         'image/webp': { schema: binary },
-        'application/json': { schema: imagesBody },
+        'application/json': { schema: { anyOf: [imagesBody, ...videoJsonBodies] } },
+        ...videoContent,
         'application/octet-stream': { schema: { ...binary, description: 'The tensor, little-endian' } },
       },
     },
-    ...errors(400, 401, 404, 413, 415, 429, 500, 503, 504),
+    ...errors(400, 401, 404, 413, 415, 429, 500, 501, 503, 504),
   },
 };
 

@@ -9,6 +9,7 @@ import type { BatchInfo } from '../batching/batcher.js';
 import type { ImageFormat } from '../latents/options.js';
 import type { ModelRegistry } from '../serving/registry.js';
 import type { ServedModel } from '../serving/served-model.js';
+import type { VideoFormat } from '../video/options.js';
 import type {} from './models.js'; // the `models` decorator
 
 declare module 'fastify' {
@@ -35,7 +36,7 @@ export interface DecodeEvent {
   timings: StageTimings;
   samples: number;
   /** What an ok answer carried: an image format or the raw tensor. */
-  format?: ImageFormat | 'tensor';
+  format?: ImageFormat | VideoFormat | 'tensor';
 }
 
 export const METRIC_PREFIX = 'latent_decoder_';

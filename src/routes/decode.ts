@@ -14,6 +14,7 @@ import type { ModelHost } from '../plugins/models.js';
 import { decodeSchema, documentOnly } from '../schemas.js';
 import type { ServedModel } from '../serving/served-model.js';
 import { decodeTiled, tilingFor } from '../serving/tiled.js';
+import { decodeVideoRequest, precheckVideo, requestedModel, routesToVideo } from '../video/route.js';
 
 function outcomeOf(status: number): Outcome {
   if (status === 429) return 'rejected';
@@ -126,6 +127,8 @@ export default async function decodeRoutes(app: FastifyInstance): Promise<void> 
       // A JSON body carries its options, the model among them: its checks wait for the fields
       // (read without parsing the latents, see json-body.ts).
       if (kind === 'json') return;
+      model = modelOf(registry, requestedModel(kind, undefined, query));
+      if (precheckVideo(model, kind, query, length, cfg)) return;
       const opts = parseOptions(query);
       model = modelOf(registry, opts.model);
       const resolved = kind === 'raw' ? checkShape(opts, model) : undefined;
@@ -171,7 +174,14 @@ export default async function decodeRoutes(app: FastifyInstance): Promise<void> 
       const deadline = start + timeoutMs(req, cfg.requestTimeoutMs);
       timer = setTimeout(() => controller.abort(new DeadlineError('the request did not finish before its deadline')), deadline - performance.now());
 
-      const wire = readBody(bodyKind(req.headers['content-type']), req.body as Buffer | undefined, req.query as Record<string, unknown>);
+      const kind = bodyKind(req.headers['content-type']);
+      const target = modelOf(registry, requestedModel(kind, req.body as Buffer | undefined, req.query as Record<string, unknown>));
+      if (routesToVideo(target, kind, req.body as Buffer | undefined, req.query as Record<string, unknown>)) {
+        modelName = target.name;
+        const ctx = { cfg, deadline, signal: controller.signal, timings, done: (o: Outcome, f: DecodeEvent['format'], n: number) => { samples = n; done(o, f); } };
+        return await decodeVideoRequest(req, reply, target, ctx);
+      }
+      const wire = readBody(kind, req.body as Buffer | undefined, req.query as Record<string, unknown>);
       const opts = wire.options;
       const model = modelOf(registry, opts.model);
       modelName = model.name;
