@@ -127,8 +127,9 @@ export default async function decodeRoutes(app: FastifyInstance): Promise<void> 
       // A JSON body carries its options, the model among them: its checks wait for the fields
       // (read without parsing the latents, see json-body.ts).
       if (kind === 'json') return;
-      model = modelOf(registry, requestedModel(kind, undefined, query));
-      if (precheckVideo(model, kind, query, length, cfg)) return;
+      const target = registry.get(requestedModel(kind, undefined, query));
+      if (target?.isVideo) model = target;
+      if (target && precheckVideo(target, kind, query, length, cfg)) return;
       const opts = parseOptions(query);
       model = modelOf(registry, opts.model);
       const resolved = kind === 'raw' ? checkShape(opts, model) : undefined;
