@@ -3,6 +3,7 @@
 // frames into the answer as each step ends (answer.ts, ffmpeg.ts) → reply, whole or streamed.
 import { PassThrough } from 'node:stream';
 import type { FastifyReply, FastifyRequest } from 'fastify';
+import { QueueFullError } from '../batching/batcher.js';
 import type { Config } from '../config.js';
 import { ServiceError, toServiceError } from '../errors.js';
 import { encodeImage } from '../images/encode.js';
@@ -124,6 +125,8 @@ export async function decodeVideoRequest(req: FastifyRequest, reply: FastifyRepl
     throw new ServiceError('BAD_PARAMETER', `stream=true sends one video (N = 1, got ${n}) as mp4, webm, or png/jpeg frames (multipart/mixed)${format ? `, not ${format}` : ', not a tensor'}`);
   }
   const bin = format === 'mp4' || format === 'webm' ? ffmpegFor(cfg, format) : undefined;
+  // a video queues one step at a time (1 queue entry); refuse it now rather than after its latents are read
+  if (model.batcher.waitingSamples + 1 > cfg.maxQueueSize) throw toServiceError(new QueueFullError(model.batcher.waitingSamples, model.batcher.retryAfter()));
   const tensor: VideoTensor = await toVideoTensor(p, await wire.bytes());
   ctx.timings.parse = performance.now() - t0;
 
