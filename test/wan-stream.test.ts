@@ -2,7 +2,9 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
+import { spawnSync } from 'node:child_process';
 import sharp from 'sharp';
+import { findFfmpeg } from '../src/video/ffmpeg.js';
 import { bytesOf, startService } from './helpers/service.js';
 import { npy, wanModels } from './helpers/wan.js';
 
@@ -49,6 +51,24 @@ test('stream=true, fairness, disconnects: a long video through a real socket', a
     const png = Buffer.from(parts[20]!.slice(parts[20]!.indexOf('\r\n\r\n') + 4, -2), 'latin1');
     const meta = await sharp(png).metadata();
     assert.deepEqual([meta.format, meta.width, meta.height], ['png', 64, 64]);
+  });
+
+  await root.test('mp4: a fragmented MP4 whose first fragments arrive before the last step has run', async (t) => {
+    const bin = findFfmpeg();
+    if (!bin) return t.skip('no ffmpeg');
+    const before = steps();
+    const res = await new Promise<http.IncomingMessage>((resolve) => post(`shape=1,16,${T},8,8&format=mp4&fps=4&stream=true`, body).once('response', resolve));
+    assert.equal(res.headers['content-type'], 'video/mp4');
+    const chunks: Buffer[] = [];
+    let stepsAtMedia = -1;
+    for await (const c of res) {
+      chunks.push(c as Buffer);
+      if (stepsAtMedia < 0 && Buffer.concat(chunks).includes('mdat')) stepsAtMedia = steps() - before;
+    }
+    t.diagnostic(`steps done when the first media fragment arrived: ${stepsAtMedia} of ${T}`);
+    assert.ok(stepsAtMedia >= 1 && stepsAtMedia < T);
+    const back = spawnSync(bin, ['-v', 'error', '-i', 'pipe:0', '-f', 'rawvideo', '-pix_fmt', 'rgb24', 'pipe:1'], { input: Buffer.concat(chunks), maxBuffer: 1 << 24 });
+    assert.equal(back.stdout.length, (1 + 4 * (T - 1)) * 64 * 64 * 3, 'every frame is in the stream');
   });
 
   await root.test('a one-frame request to the same model is answered before a long video finishes (one step at a time)', async () => {

@@ -65,14 +65,17 @@ export class VideoEncoder {
   readonly output: Readable | undefined;
 
   private constructor(bin: string, private readonly opts: EncoderOptions, private readonly dir: string | undefined) {
+    // streamed: no lookahead and a keyframe every second, so a fragment leaves each second of video
+    const live = opts.fragmented ? ['-tune', 'zerolatency', '-g', String(Math.max(1, Math.round(opts.fps)))] : [];
     const codec = opts.format === 'mp4'
-      ? ['-c:v', 'libx264', '-preset', 'veryfast', '-crf', String(crf('mp4', opts.quality)), '-pix_fmt', 'yuv420p']
+      ? ['-c:v', 'libx264', '-preset', 'veryfast', ...live, '-crf', String(crf('mp4', opts.quality)), '-pix_fmt', 'yuv420p']
       : ['-c:v', 'libvpx-vp9', '-b:v', '0', '-crf', String(crf('webm', opts.quality)), '-deadline', 'realtime', '-cpu-used', '8', '-pix_fmt', 'yuv420p'];
     const out = opts.fragmented || opts.format === 'webm'
-      ? [...(opts.format === 'mp4' ? ['-movflags', 'frag_keyframe+empty_moov+default_base_moof'] : []), '-f', opts.format, 'pipe:1']
+      ? [...(opts.format === 'mp4' ? ['-movflags', 'frag_keyframe+empty_moov+default_base_moof'] : []), '-flush_packets', '1', '-f', opts.format, 'pipe:1']
       : ['-movflags', '+faststart', '-f', 'mp4', path.join(dir!, 'out.mp4')];
     this.proc = spawn(bin, ['-hide_banner', '-loglevel', 'error', '-f', 'rawvideo', '-pix_fmt', 'rgb24',
-      '-s', `${opts.width}x${opts.height}`, '-r', String(opts.fps), '-i', 'pipe:0', ...codec, ...out], { stdio: ['pipe', 'pipe', 'pipe'] });
+      // no probing: ffmpeg would otherwise buffer 5 MB of frames before it starts
+      '-s', `${opts.width}x${opts.height}`, '-r', String(opts.fps), '-probesize', '32', '-analyzeduration', '0', '-i', 'pipe:0', ...codec, ...out], { stdio: ['pipe', 'pipe', 'pipe'] });
     this.output = opts.fragmented || opts.format === 'webm' ? this.proc.stdout! : undefined;
     if (!this.output) this.proc.stdout!.resume();
     this.proc.stderr!.on('data', (d: Buffer) => { this.stderr = (this.stderr + d.toString()).slice(-STDERR_KEPT); });
