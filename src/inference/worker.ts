@@ -7,6 +7,7 @@ import { halfBitsToFloat32, toFloat16Bits } from '../tensor/dtype.js';
 import { IMAGE_OUTPUT, NONFINITE_OUTPUT, withPostprocess } from '../onnx/postprocess.js';
 import type { MainMessage, ModelIo, RunOutputs, WorkerInit, WorkerMessage } from './protocol.js';
 import { warmupPlan } from './warmup.js';
+import { owned } from './buffers.js';
 import { isStepGraph, serveSteps } from '../video/step-worker.js';
 
 const init = workerData as WorkerInit;
@@ -35,12 +36,6 @@ async function createSession(bytes: Uint8Array): Promise<{ session: ort.Inferenc
     }
   }
   throw new Error(`no execution provider loaded (${errors.join('; ')})`);
-}
-
-function owned(view: ArrayBufferView): ArrayBuffer {
-  // ORT may hand out views on memory it keeps; a copy is needed only then.
-  const whole = view.byteOffset === 0 && view.byteLength === view.buffer.byteLength && view.buffer instanceof ArrayBuffer;
-  return whole ? (view.buffer as ArrayBuffer) : (view.buffer.slice(view.byteOffset, view.byteOffset + view.byteLength) as ArrayBuffer);
 }
 
 function toFloat32(t: ort.Tensor): Float32Array {

@@ -5,6 +5,7 @@
 import type { MessagePort } from 'node:worker_threads';
 import type * as ort from 'onnxruntime-node';
 import { CACHE_IN, CACHE_OUT, FIRST_CHUNK_NAME, IMAGE_NAME, INPUT_NAME, SAMPLE_NAME, type CacheSlot } from '../convert/wan-graph.js';
+import { owned } from '../inference/buffers.js';
 import type { MainMessage, ModelIo, RunOutputs, WorkerMessage } from '../inference/protocol.js';
 import type { WarmupShape } from '../inference/warmup.js';
 import type { StepRequest, VideoMessage } from './protocol.js';
@@ -27,11 +28,6 @@ export interface StepWorkerContext {
 function clamp(v: Float32Array): Float32Array {
   for (let i = 0; i < v.length; i++) v[i] = Math.min(1, Math.max(-1, v[i]!));
   return v;
-}
-
-function owned(view: ArrayBufferView): ArrayBuffer {
-  const whole = view.byteOffset === 0 && view.byteLength === view.buffer.byteLength && view.buffer instanceof ArrayBuffer;
-  return whole ? (view.buffer as ArrayBuffer) : (view.buffer.slice(view.byteOffset, view.byteOffset + view.byteLength) as ArrayBuffer);
 }
 
 /**
