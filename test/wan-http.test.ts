@@ -52,6 +52,16 @@ test('Wan video through POST /decode (both layouts converted; the SD fixture as 
     assert.ok(maxAbs(pt.rawPayload, rgb.data as Uint8Array) <= 1);
   });
 
+  await root.test('POST /decode: a JSON body (base64 latents, options as fields) with a 5-D shape decodes the video', async () => {
+    const { app } = svc;
+    const lat = await npy('video-latents-pipeline.npy');
+    const ref = await npy('video-reference.npy');
+    const res = await app.inject({ method: 'POST', url: '/decode', payload: { model: 'wan-original', latents: bytesOf(lat.data as Float32Array).toString('base64'), shape: lat.shape, output_type: 'pt' } });
+    assert.equal(res.statusCode, 200, res.body);
+    const got = new Float32Array(res.rawPayload.buffer.slice(res.rawPayload.byteOffset, res.rawPayload.byteOffset + res.rawPayload.byteLength));
+    assert.ok(maxAbs(got, ref.data as Float32Array) <= FLOAT_TOLERANCE);
+  });
+
   await root.test('POST /decode: one frame (4-D body, and Qwen-Image packed [N, seq, 64]) to a Wan model answers an image like any decoder', async (t) => {
     const { app } = svc;
     const lat = await npy('image-latents-pipeline.npy'); // [1, 16, 1, 8, 8]
