@@ -121,7 +121,9 @@ test('Wan video through POST /decode (both layouts converted; the SD fixture as 
     assert.ok(maxAbs(last, rgb.subarray(8 * 64 * 64 * 3)) <= 1);
     const bin = findFfmpeg();
     if (!bin) return t.skip('no ffmpeg (npm i @ffmpeg-installer/ffmpeg)');
-    const mp4 = await app.inject({ method: 'POST', url: `/decode?${query({ model: 'wan-diffusers', shape: lat.shape.join(','), output_type: 'mp4', image_format: 'jpg', dtype: 'float32' })}`, payload: bytesOf(lat.data as Float32Array) });
+    // exactly what diffusers' remote_decode(tensor, output_type="mp4") sends (utils/remote_utils.py prepare())
+    const remote = `image_format=jpg&output_type=mp4&partial_postprocess=False&${lat.shape.map((d) => `shape=${d}`).join('&')}&dtype=float32&do_scaling=True`;
+    const mp4 = await app.inject({ method: 'POST', url: `/decode?model=wan-diffusers&${remote}`, payload: bytesOf(lat.data as Float32Array) });
     assert.equal(mp4.statusCode, 200, mp4.body);
     assert.equal(mp4.headers['content-type'], 'video/mp4');
     // decode it back with the same ffmpeg: 9 frames of 64×64 RGB
