@@ -81,6 +81,27 @@ test('stream=true, fairness, disconnects: a long video through a real socket', a
     assert.deepEqual(order, ['image', 'video']);
   });
 
+  await root.test('a deadline that passes after the first byte resets the connection: no silently short video', async (t) => {
+    const runs = svc.batches.filter((b) => b.model === MODEL && b.key.startsWith('video:')).map((b) => b.runMs).sort((a, b) => a - b);
+    const stepMs = runs[Math.floor(runs.length / 2)]!; // the median step: the deadline falls after step 0, well before step 5
+    const timeout = Math.round(stepMs * 2.5);
+    const req = http.request({ host: '127.0.0.1', port, method: 'POST', path: `/decode?model=${MODEL}&shape=1,16,${T},8,8&format=png&stream=true`,
+      headers: { 'content-type': 'application/octet-stream', 'content-length': body.length, 'x-request-timeout-ms': String(timeout) } });
+    req.end(body);
+    const res = await new Promise<http.IncomingMessage>((resolve) => req.once('response', resolve));
+    t.diagnostic(`median step ${stepMs.toFixed(0)} ms, deadline ${timeout} ms: status ${res.statusCode}`);
+    assert.equal(res.statusCode, 200, 'the deadline passes after the first step');
+    const chunks: Buffer[] = [];
+    const outcome = await new Promise<string>((resolve) => {
+      res.on('data', (c: Buffer) => chunks.push(c));
+      res.once('end', () => resolve('end'));
+      res.once('aborted', () => resolve('aborted'));
+      res.once('error', () => resolve('error'));
+    });
+    assert.notEqual(outcome, 'end', 'the answer must not end normally');
+    assert.ok(!Buffer.concat(chunks).toString('latin1').trimEnd().endsWith('--'), 'no closing boundary');
+  });
+
   await root.test('a client that disconnects mid-stream stops the video at the next step', async () => {
     const before = steps();
     await new Promise<void>((resolve) => {
