@@ -137,8 +137,11 @@ export async function decodeVideoRequest(req: FastifyRequest, reply: FastifyRepl
   const boundary = `frame-${Math.random().toString(36).slice(2)}`;
   const streamed = o.stream && !bin ? new PassThrough() : undefined;
   let index = 0;
+  // reply.sent stays false while a streamed body is being written: this says whether a byte may have left
+  let started = false;
   const startStream = (): void => {
-    if (!o.stream || reply.sent) return;
+    if (!o.stream || started) return;
+    started = true;
     const body = encoders[0]?.output ?? streamed!;
     reply.header('x-video-frames', String(total)).header('x-video-fps', String(o.fps));
     void reply.type(bin ? VIDEO_CONTENT_TYPES[format!] : `multipart/mixed; boundary=${boundary}`).send(body);
@@ -168,12 +171,17 @@ export async function decodeVideoRequest(req: FastifyRequest, reply: FastifyRepl
       return reply;
     }
   } catch (e) {
-    await Promise.all(encoders.map((enc) => enc.abort()));
-    if (!reply.sent) throw e;
-    // after the first byte there is no status to send: the connection is reset, so the client
-    // sees an incomplete answer, never a silently shorter video
-    ctx.done(e instanceof ServiceError ? (e.status === 504 ? 'timed_out' : e.status === 499 ? 'cancelled' : 'error') : 'error', format, n);
+    if (!started) {
+      await Promise.all(encoders.map((enc) => enc.abort()));
+      throw e;
+    }
+    // After the first byte there is no status to send: the connection is reset — before ffmpeg is
+    // stopped, whose closing stdout would otherwise end the answer normally — so the client sees
+    // an incomplete answer, never a silently shorter video.
     reply.raw.destroy(toServiceError(e));
+    await Promise.all(encoders.map((enc) => enc.abort()));
+    const status = toServiceError(e).status;
+    ctx.done(status === 504 ? 'timed_out' : status === 499 ? 'cancelled' : 'error', format, n);
     return reply;
   }
   return answer(reply, ctx, { n, total, size, format, asImage, fps: o.fps, quality: o.base.quality, rank: o.shape5 ? 5 : 4, floats, frames, encoders });
