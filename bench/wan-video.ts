@@ -2,7 +2,8 @@
 // batcher, worker, caches kept in the worker): seconds per output frame and peak memory by clip
 // length, with seeded weights of the real width (base_dim 96: 384/192/96 channels). Each clip
 // length runs in its own process so that its peak RSS (ORT's worker thread included) is its own.
-//   node --import tsx bench/wan-video.ts [--dir bench/results/tmp/wan96] [--side 8] [--frames 3,21] [--threads 2]
+//   node --import tsx bench/wan-video.ts [--dir bench/results/tmp/wan96] [--side 8 | --side 60x104] [--frames 3,21]
+//     [--threads 2] [--provider cpu|cuda]
 import { spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync } from 'node:fs';
 import os from 'node:os';
@@ -46,17 +47,18 @@ function seededWan(cfg: WanConfig): TensorToWrite[] {
   });
 }
 
-async function child(model: string, side: number, frames: number, threads: number): Promise<void> {
-  const cfg = loadConfig({ MODEL_PATH: model, MODELS_DIR: mkdtempSync(path.join(os.tmpdir(), 'wan-bench-')), EXECUTION_PROVIDERS: 'cpu', ORT_INTRA_OP_THREADS: String(threads), REQUEST_TIMEOUT_MS: '3600000', LOG_LEVEL: 'silent' });
+async function child(model: string, side: string, frames: number, threads: number, provider: string): Promise<void> {
+  const [h, w] = side.includes('x') ? side.split('x').map(Number) as [number, number] : [Number(side), Number(side)];
+  const cfg = loadConfig({ MODEL_PATH: model, MODELS_DIR: mkdtempSync(path.join(os.tmpdir(), 'wan-bench-')), EXECUTION_PROVIDERS: provider, ORT_INTRA_OP_THREADS: String(threads), REQUEST_TIMEOUT_MS: '3600000', LOG_LEVEL: 'silent' });
   const registry = await ModelRegistry.load(cfg, pino({ level: 'silent' }));
   const m = registry.get('model')!;
   const rssLoaded = process.memoryUsage().rss;
   const normal = gaussian(mulberry32(7));
-  const data = Float32Array.from({ length: 16 * frames * side * side }, () => normal());
+  const data = Float32Array.from({ length: 16 * frames * h * w }, () => normal());
   const stepMs: number[] = [];
   let out = 0;
   let t = performance.now();
-  for await (const s of decodeVideo(m, { data, shape: [1, 16, frames, side, side] }, ['image'])) {
+  for await (const s of decodeVideo(m, { data, shape: [1, 16, frames, h, w] }, ['image'])) {
     stepMs.push(performance.now() - t);
     out += s.frames;
     t = performance.now();
@@ -64,7 +66,7 @@ async function child(model: string, side: number, frames: number, threads: numbe
   await registry.close();
   const later = stepMs.slice(1);
   console.log(JSON.stringify({
-    side, frames, outputFrames: out,
+    side, provider: m.io.provider, frames, outputFrames: out,
     firstStepS: +(stepMs[0]! / 1000).toFixed(2),
     laterStepS: +(later.reduce((a, b) => a + b, 0) / later.length / 1000).toFixed(2),
     secondsPerOutputFrame: +(stepMs.reduce((a, b) => a + b, 0) / out / 1000).toFixed(3),
@@ -76,9 +78,9 @@ async function child(model: string, side: number, frames: number, threads: numbe
 async function main(): Promise<void> {
   const { values } = parseArgs({ options: {
     dir: { type: 'string', default: 'bench/results/tmp/wan96' }, side: { type: 'string', default: '8' }, frames: { type: 'string', default: '3,21' },
-    threads: { type: 'string', default: '2' }, 'base-dim': { type: 'string', default: '96' }, child: { type: 'string' },
+    threads: { type: 'string', default: '2' }, provider: { type: 'string', default: 'cpu' }, 'base-dim': { type: 'string', default: '96' }, child: { type: 'string' },
   } });
-  if (values.child) return child(values.child, Number(values.side), Number(values.frames), Number(values.threads));
+  if (values.child) return child(values.child, values.side, Number(values.frames), Number(values.threads), values.provider);
   const model = path.join(values.dir, 'model', 'model.onnx');
   if (!existsSync(model)) {
     mkdirSync(values.dir, { recursive: true });
@@ -89,7 +91,7 @@ async function main(): Promise<void> {
   }
   const self = fileURLToPath(import.meta.url);
   for (const frames of values.frames.split(',').map(Number)) {
-    const r = spawnSync(process.execPath, ['--import', 'tsx', self, '--child', model, '--side', values.side, '--frames', String(frames), '--threads', values.threads], { stdio: ['ignore', 'inherit', 'inherit'] });
+    const r = spawnSync(process.execPath, ['--import', 'tsx', self, '--child', model, '--side', values.side, '--frames', String(frames), '--threads', values.threads, '--provider', values.provider], { stdio: ['ignore', 'inherit', 'inherit'] });
     if (r.status !== 0) throw new Error(`the run with ${frames} latent frames failed (${r.status})`);
   }
 }
