@@ -139,3 +139,17 @@ test('Wan video through POST /decode (both layouts converted; the SD fixture as 
   assert.ok(psnr > 20, `PSNR ${psnr}`);
   });
 });
+
+test('without ffmpeg, mp4 is 501 FFMPEG_UNAVAILABLE naming the fixes (from the query, before the body), and webp still works', async (t) => {
+  const { app } = await startService(t, { MODEL_PATH: '', MODELS_DIR: await wanModels(t), FFMPEG_PATH: '/nonexistent/ffmpeg' });
+  const lat = await npy('video-latents-pipeline.npy');
+  const url = (format: string): string => `/decode?${query({ model: 'wan-diffusers', shape: lat.shape.join(','), format })}`;
+  const mp4 = await app.inject({ method: 'POST', url: url('mp4'), payload: bytesOf(lat.data as Float32Array) });
+  assert.equal(mp4.statusCode, 501);
+  const { error } = mp4.json<{ error: { code: string; message: string } }>();
+  assert.equal(error.code, 'FFMPEG_UNAVAILABLE');
+  assert.match(error.message, /FFMPEG_PATH=\/nonexistent\/ffmpeg.*@ffmpeg-installer\/ffmpeg.*apt-get install ffmpeg.*webp, gif, png, jpeg/);
+  const webp = await app.inject({ method: 'POST', url: url('webp'), payload: bytesOf(lat.data as Float32Array) });
+  assert.equal(webp.statusCode, 200);
+  assert.equal(webp.headers['content-type'], 'image/webp');
+});
