@@ -1,8 +1,10 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import path from 'node:path';
+import { convertCheckpoint } from '../src/convert/convert.js';
 import { decodeVideo, type VideoTensor } from '../src/video/decoder.js';
-import { startService } from './helpers/service.js';
-import { FLOAT_TOLERANCE, maxAbs, npy, wanModels } from './helpers/wan.js';
+import { startService, tempDir } from './helpers/service.js';
+import { FLOAT_TOLERANCE, maxAbs, npy, wan, wanModels } from './helpers/wan.js';
 
 /** [N, 3, F, H, W] from the steps' [N, 3, f, H, W] pieces, and [N, F, H, W, 3] from theirs. */
 function assemble(steps: { frames: number; samples?: Float32Array; images?: Uint8Array }[], n: number, plane: number): { samples: Float32Array; images: Uint8Array } {
@@ -47,3 +49,19 @@ for (const c of ['video', 'batch', 'image'] as const) {
     }
   });
 }
+
+test('a --fp16 Wan model runs in the worker with float16 caches: the video case within 2 RGB levels', async (t) => {
+  const dir = tempDir(t);
+  await convertCheckpoint({ weights: wan('diffusers.safetensors'), out: path.join(dir, 'wan16', 'model.onnx'), fp16: true });
+  const { registry } = await startService(t, { MODEL_PATH: '', MODELS_DIR: dir });
+  const model = registry.get('wan16')!;
+  assert.equal(model.precision, 'fp16');
+  const latents = await npy('video-latents-decoder.npy');
+  const rgb = await npy('video-reference-rgb.npy');
+  const steps = [];
+  for await (const s of decodeVideo(model, { data: latents.data as Float32Array, shape: latents.shape as VideoTensor['shape'] }, ['image'])) steps.push(s);
+  const images = Buffer.concat(steps.map((s) => s.images!));
+  const levels = maxAbs(images, rgb.data as Uint8Array);
+  t.diagnostic(`max RGB difference ${levels}`);
+  assert.ok(levels <= 2, `RGB difference ${levels}`);
+});

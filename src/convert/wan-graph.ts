@@ -15,7 +15,7 @@
 // the same convolution. The first step's special case is the `first_chunk` flag: each temporal
 // upsampler then passes its input through (diffusers stores the marker "Rep" and skips its
 // time_conv) and writes a zero cache, so its first real use sees a zero history as diffusers'.
-import { DataType, GraphBuilder, attr } from '../onnx/graph.js';
+import { DataType, GraphBuilder, attr, type ElemType } from '../onnx/graph.js';
 import type { DecoderGraph, WeightRef } from './vae-graph.js';
 import type { WanConfig } from './wan-weights.js';
 
@@ -47,11 +47,22 @@ class Builder {
   private readonly notFirstFloat: string;
   private readonly last2: string[];
   private readonly intConstants = new Map<string, string>();
+  private readonly fp16: boolean;
 
-  constructor(readonly first: string) {
+  constructor(readonly first: string, readonly type: 'float32' | 'float16') {
+    this.fp16 = type === 'float16';
     this.notFirst = this.g.node('Sub', [this.ints([1]), first]);
-    this.notFirstFloat = this.g.node('Cast', [this.notFirst], { to: attr.i(DataType.FLOAT) });
+    this.notFirstFloat = this.g.node('Cast', [this.notFirst], { to: attr.i(this.fp16 ? DataType.FLOAT16 : DataType.FLOAT) });
     this.last2 = [this.ints([-CACHE_T]), this.g.constant('int64_max', 'int64', [1], BigInt64Array.of(INT64_MAX)), this.ints([2])];
+  }
+
+  /** float32 → the compute type (a no-op in float32). */
+  toCompute(x: string): string {
+    return this.fp16 ? this.g.node('Cast', [x], { to: attr.i(DataType.FLOAT16) }) : x;
+  }
+
+  toFloat32(x: string): string {
+    return this.fp16 ? this.g.node('Cast', [x], { to: attr.i(DataType.FLOAT) }) : x;
   }
 
   /** An int64 constant, one initializer per distinct value list. */
@@ -86,11 +97,11 @@ class Builder {
     this.slots.push({ slot, conv, channels, scale: this.scale });
     const s = this.scale === 1 ? '' : `_x${this.scale}`;
     const dims = ['batch', channels, CACHE_T, `height${s}`, `width${s}`];
-    const cat = this.g.node('Concat', [this.g.input(`${CACHE_IN}${slot}`, 'float32', dims), x], { axis: attr.i(2) });
+    const cat = this.g.node('Concat', [this.g.input(`${CACHE_IN}${slot}`, this.type, dims), x], { axis: attr.i(2) });
     const save = (mask?: string): void => {
       const last = this.g.node('Slice', [cat, ...this.last2]);
       this.g.node(mask ? 'Mul' : 'Identity', mask ? [last, mask] : [last], {}, `${CACHE_OUT}${slot}`);
-      this.g.output(`${CACHE_OUT}${slot}`, 'float32', dims);
+      this.g.output(`${CACHE_OUT}${slot}`, this.type, dims);
     };
     return { cat, save };
   }
@@ -102,11 +113,15 @@ class Builder {
     return this.conv(cat, name, cin, cout, [3, 3, 3]);
   }
 
-  /** WanRMS_norm: F.normalize(x, dim=1) · √C · γ (no bias in Wan 2.1). */
+  /**
+   * WanRMS_norm: F.normalize(x, dim=1) · √C · γ (no bias in Wan 2.1). In float16 the norm is
+   * computed in float32: a sum of squares over 384 channels overflows float16.
+   */
   rmsNorm(x: string, name: string, c: number, images = false): string {
-    const norm = this.g.node('ReduceL2', [x], { axes: attr.ints([1]), keepdims: attr.i(1) });
-    const normed = this.g.node('Div', [x, this.g.node('Max', [norm, this.g.scalar(`${name}.eps`, RMS_EPS)])]);
-    const scaled = this.g.node('Mul', [normed, this.g.scalar(`${name}.scale`, Math.sqrt(c))]);
+    const x32 = this.toFloat32(x);
+    const norm = this.g.node('ReduceL2', [x32], { axes: attr.ints([1]), keepdims: attr.i(1) });
+    const normed = this.g.node('Div', [x32, this.g.node('Max', [norm, this.g.scalar(`${name}.eps`, RMS_EPS)])]);
+    const scaled = this.toCompute(this.g.node('Mul', [normed, this.g.scalar(`${name}.scale`, Math.sqrt(c))]));
     const gamma = images ? [c, 1, 1] : [c, 1, 1, 1];
     return this.g.node('Mul', [scaled, this.weight(`${name}.gamma`, gamma)]);
   }
@@ -135,9 +150,9 @@ class Builder {
     const qkv = this.g.node('Conv', [h, this.weight(`${name}.to_qkv.weight`, [3 * c, c, 1, 1]), this.weight(`${name}.to_qkv.bias`, [3 * c])]);
     const seq = this.g.node('Transpose', [this.g.node('Reshape', [qkv, this.ints([0, 3 * c, -1])])], { perm: attr.ints([0, 2, 1]) }); // [NT, hw, 3C]
     const part = (i: number): string => this.g.node('Slice', [seq, this.ints([i * c]), this.ints([(i + 1) * c]), this.ints([2])]);
-    const [q, k, v] = [part(0), part(1), part(2)];
+    const [q, k, v] = [this.toFloat32(part(0)), this.toFloat32(part(1)), part(2)]; // scores and softmax in float32
     const scores = this.g.node('Mul', [this.g.node('MatMul', [q, this.g.node('Transpose', [k], { perm: attr.ints([0, 2, 1]) })]), this.g.scalar(`${name}.sdpa_scale`, 1 / Math.sqrt(c))]);
-    const out = this.g.node('MatMul', [this.g.node('Softmax', [scores], { axis: attr.i(-1) }), v]); // [NT, hw, C]
+    const out = this.g.node('MatMul', [this.toCompute(this.g.node('Softmax', [scores], { axis: attr.i(-1) })), v]); // [NT, hw, C]
     const spatial = this.g.node('Reshape', [this.g.node('Transpose', [out], { perm: attr.ints([0, 2, 1]) }), this.g.node('Shape', [flat])]);
     const proj = this.g.node('Conv', [spatial, this.weight(`${name}.proj.weight`, [c, c, 1, 1]), this.weight(`${name}.proj.bias`, [c])]);
     const back = this.g.node('Transpose', [this.g.node('Reshape', [proj, this.g.node('Shape', [frames])])], { perm: attr.ints([0, 2, 1, 3, 4]) });
@@ -180,14 +195,19 @@ export interface WanDecoderGraph extends DecoderGraph {
   slots: CacheSlot[];
 }
 
-/** Builds the step graph for a decoder of shape `cfg` (float32 only; see the file comment for its I/O). */
-export function buildWanStepGraph(cfg: WanConfig): WanDecoderGraph {
+/**
+ * Builds the step graph for a decoder of shape `cfg` (see the file comment for its I/O). With
+ * `type` float16 the weights and caches are float16 (half the memory), the norms and attention
+ * scores float32; latent_sample and sample stay float32.
+ */
+export function buildWanStepGraph(cfg: WanConfig, type: ElemType = 'float32'): WanDecoderGraph {
+  if (type !== 'float32' && type !== 'float16') throw new Error(`the Wan step graph is float32 or float16, not ${type}`);
   const z = cfg.latentChannels;
   const first = FIRST_CHUNK_NAME;
-  const b = new Builder(first);
+  const b = new Builder(first, type);
   b.g.input(INPUT_NAME, 'float32', ['batch', z, 1, 'height', 'width']);
   b.g.input(first, 'int64', [1]);
-  let x = b.conv(INPUT_NAME, 'post_quant_conv', z, z, [1, 1, 1]);
+  let x = b.conv(b.toCompute(INPUT_NAME), 'post_quant_conv', z, z, [1, 1, 1]);
   let c = cfg.midChannels;
   x = b.causalConv(x, 'decoder.conv_in', z, c);
   x = b.resnet(x, 'decoder.mid_block.resnets.0', c, c);
@@ -204,7 +224,7 @@ export function buildWanStepGraph(cfg: WanConfig): WanDecoderGraph {
       c /= 2;
     }
   });
-  x = b.causalConv(b.silu(b.rmsNorm(x, 'decoder.norm_out', c)), 'decoder.conv_out', c, 3);
+  x = b.toFloat32(b.causalConv(b.silu(b.rmsNorm(x, 'decoder.norm_out', c)), 'decoder.conv_out', c, 3));
   b.g.node('Identity', [x], {}, SAMPLE_NAME);
   b.g.output(SAMPLE_NAME, 'float32', ['batch', 3, 'frames', 'height_out', 'width_out']);
   let px = b.g.node('Mul', [x, b.g.scalar('pp_half', 0.5)]);

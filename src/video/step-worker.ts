@@ -45,9 +45,12 @@ export async function serveSteps(ctx: StepWorkerContext): Promise<void> {
   const slots = JSON.parse(ctx.io.metadata.feat_cache!) as CacheSlot[];
   const streams = new Map<number, Record<string, ort.Tensor>>();
 
+  // float16 models (convert --fp16) keep float16 caches
+  const half = session.inputMetadata.some((m) => m.name.startsWith(CACHE_IN) && m.isTensor && m.type === 'float16');
   const zeros = (n: number, h: number, w: number): Record<string, ort.Tensor> => Object.fromEntries(slots.map((s) => {
     const dims = [n, s.channels, 2, h * s.scale, w * s.scale];
-    return [`${CACHE_IN}${s.slot}`, new ort.Tensor('float32', new Float32Array(dims.reduce((a, b) => a * b, 1)), dims)];
+    const size = dims.reduce((a, b) => a * b, 1);
+    return [`${CACHE_IN}${s.slot}`, half ? new ort.Tensor('float16', new Uint16Array(size), dims) : new ort.Tensor('float32', new Float32Array(size), dims)];
   }));
 
   const step = async (stream: number, data: Float32Array, dims: number[], first: boolean, last: boolean, fetch: string[]): Promise<ort.InferenceSession.ReturnType> => {
