@@ -109,3 +109,15 @@ test('Wan VAE: a KL family is refused with the choices', async (t) => {
   await assert.rejects(convertCheckpoint({ weights: wan('original.safetensors'), out: path.join(dir, 'b.onnx'), family: 'flux' }),
     /family flux takes a 16-channel KL VAE decoder, but the weights hold a 16-channel Wan VAE decoder; choose one of wan2.1, qwen-image/);
 });
+
+test('Wan VAE: latents_mean/latents_std from a diffusers config (as pull passes them) are recorded; a wrong count is refused', async (t) => {
+  const dir = tempDir(t);
+  const mean = Array.from({ length: 16 }, (_, i) => i / 10);
+  const std = Array.from({ length: 16 }, (_, i) => 1 + i / 10);
+  await convertCheckpoint({ weights: wan('diffusers.safetensors'), out: path.join(dir, 'w', 'model.onnx'), latentsMean: mean, latentsStd: std });
+  const config = JSON.parse(await readFile(path.join(dir, 'w', 'config.json'), 'utf8')) as Record<string, unknown>;
+  assert.deepEqual([config.latentsMean, config.latentsStd], [mean, std]);
+  assert.equal((await modelMetadata(path.join(dir, 'w', 'model.onnx'))).latents_std, JSON.stringify(std));
+  await assert.rejects(convertCheckpoint({ weights: wan('diffusers.safetensors'), out: path.join(dir, 'x.onnx'), latentsMean: [0], latentsStd: std }),
+    /latents_mean and latents_std need 16 values each, got 1 and 16/);
+});

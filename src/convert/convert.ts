@@ -35,6 +35,9 @@ export interface ConvertOptions {
   /** Required for 16 latent channels without `family`: SD3 (1.5305) and FLUX (0.3611) share shapes. */
   scalingFactor?: number;
   shiftFactor?: number;
+  /** Wan: per-channel normalisation (a diffusers config's latents_mean/latents_std); default Wan 2.1's. */
+  latentsMean?: number[];
+  latentsStd?: number[];
   /** Recorded in the metadata; defaults to the checkpoint's file name. */
   source?: string;
   /** Write config.json beside the model; defaults to true when `out` is named model.onnx. */
@@ -125,7 +128,7 @@ export async function convertCheckpoint(opts: ConvertOptions): Promise<ConvertRe
       precision,
       source: opts.source ?? basename(opts.weights),
       ...(factors.family ? { family: factors.family } : {}),
-      ...(src.kind === 'wan' ? { latentsMean: [...WAN21_LATENTS_MEAN], latentsStd: [...WAN21_LATENTS_STD] } : {}),
+      ...(src.kind === 'wan' ? channelNormalization(src.latentChannels, opts) : {}),
     };
     const type = opts.fp16 ? 'float16' : 'float32';
     const { graph, weights: refs } = src.build(type);
@@ -222,4 +225,14 @@ function resolveFactors(src: DecoderSource, opts: ConvertOptions): { scalingFact
     `${opts.weights}: a ${src.latentChannels}-channel VAE's scaling factor cannot be inferred from its weights` +
     (fits.length > 0 ? ` (${choices}); pass --family ${fits.join('|')}, or --scaling-factor and --shift-factor` : '; pass --scaling-factor and --shift-factor'),
   );
+}
+
+/** A Wan model's latents_mean/latents_std: the given ones (one per channel) or Wan 2.1's. */
+function channelNormalization(channels: number, opts: ConvertOptions): { latentsMean: number[]; latentsStd: number[] } {
+  const mean = opts.latentsMean ?? [...WAN21_LATENTS_MEAN];
+  const std = opts.latentsStd ?? [...WAN21_LATENTS_STD];
+  if (mean.length !== channels || std.length !== channels) {
+    throw new Error(`${opts.weights}: latents_mean and latents_std need ${channels} values each, got ${mean.length} and ${std.length}`);
+  }
+  return { latentsMean: mean, latentsStd: std };
 }
