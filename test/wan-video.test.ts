@@ -1,5 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import { readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { convertCheckpoint } from '../src/convert/convert.js';
 import { decodeVideo, type VideoTensor } from '../src/video/decoder.js';
@@ -64,4 +65,14 @@ test('a --fp16 Wan model runs in the worker with float16 caches: the video case 
   const levels = maxAbs(images, rgb.data as Uint8Array);
   t.diagnostic(`max RGB difference ${levels}`);
   assert.ok(levels <= 2, `RGB difference ${levels}`);
+});
+
+test('a Wan model whose config.json has latentsMean of the wrong length does not load, and says why', async (t) => {
+  const dir = tempDir(t);
+  const out = path.join(dir, 'bad', 'model.onnx');
+  await convertCheckpoint({ weights: wan('diffusers.safetensors'), out });
+  const cfgFile = path.join(dir, 'bad', 'config.json');
+  const conf = JSON.parse(readFileSync(cfgFile, 'utf8')) as Record<string, unknown>;
+  writeFileSync(cfgFile, JSON.stringify({ ...conf, latentsMean: [0, 1, 2] }));
+  await assert.rejects(startService(t, { MODEL_PATH: '', MODELS_DIR: dir }), /model bad: latentsMean and latentsStd must be 16 finite numbers each/);
 });

@@ -72,6 +72,10 @@ export class ServedModel implements ModelLimits {
     this.fixedSide = [io.inputShape.at(-2)!, io.inputShape.at(-1)!];
     const mean = spec.file.latentsMean ?? (meta.latents_mean ? JSON.parse(meta.latents_mean) as number[] : undefined);
     const std = spec.file.latentsStd ?? (meta.latents_std ? JSON.parse(meta.latents_std) as number[] : undefined);
+    const perChannel = (v: unknown): boolean => Array.isArray(v) && v.length === io.channels && v.every((x) => typeof x === 'number' && Number.isFinite(x));
+    if ((mean || std) && !(perChannel(mean) && perChannel(std))) {
+      throw new Error(`model ${spec.name}: latentsMean and latentsStd must be ${io.channels} finite numbers each`);
+    }
     this.normalization = mean && std ? { latentsMean: mean, latentsStd: std } : undefined;
     const fixedBatch = typeof io.inputShape[0] === 'number' ? io.inputShape[0] : Infinity;
     this.batcher = new Batcher<Payload, BatchResult>((b) => this.runBatch(b), {
@@ -96,7 +100,13 @@ export class ServedModel implements ModelLimits {
       await Promise.all(runners.map((r) => r.close()));
       throw failed.reason;
     }
-    const m = new ServedModel(spec, runners, cfg, onBatch);
+    let m: ServedModel;
+    try {
+      m = new ServedModel(spec, runners, cfg, onBatch);
+    } catch (e) {
+      await Promise.all(runners.map((r) => r.close()));
+      throw e;
+    }
     if (m.factorsGuessed) {
       log.warn({ model: m.name, channels: m.channels, scalingFactor: m.scalingFactor, shiftFactor: m.shiftFactor },
         `model ${m.name} does not say its scaling factor; guessing from its ${m.channels} channels (set scalingFactor and shiftFactor in its config.json)`);
