@@ -59,7 +59,7 @@ async function checkSteps(modelPath: string, t: { diagnostic(s: string): void },
         const want = s.after_frame[f]!;
         // diffusers keeps 1 frame after frame 0 (its conv pads the other with zeros) and "Rep" in
         // the temporal upsamplers; the graph keeps that zero frame, and zeros for "Rep"
-        const full = want === 'Rep' ? s.after_frame[1] as number[] : want as number[];
+        const full = want === 'Rep' ? s.after_frame[1] as number[] : want;
         assert.deepEqual(got.dims, [full[0], full[1], 2, full[3], full[4]], `slot ${s.slot} after frame ${f}`);
         if (f > 0) continue;
         const v = got.data as Float32Array | Uint16Array;

@@ -126,7 +126,7 @@ export class InferenceRunner {
 
   /** Runs the model on float32 NCHW latents; `data`'s buffer is transferred (unusable after). */
   run(data: Float32Array, dims: [number, number, number, number], fetch: OutputName[]): Promise<RunResult> {
-    return this.request({ type: 'run', data: data.buffer as ArrayBuffer, dims, fetch }, [data.buffer as ArrayBuffer]);
+    return this.request({ type: 'run', data: data.buffer, dims, fetch }, [data.buffer as ArrayBuffer]);
   }
 
   /**

@@ -37,11 +37,11 @@ export interface VideoPlan {
  */
 export function readVideoBody(kind: BodyKind, body: Buffer | undefined, query: Record<string, unknown>): VideoWire {
   if (!body || body.length === 0) throw new ServiceError('EMPTY_BODY', 'the request body is empty: send the latents as raw bytes, a .npy file or JSON');
-  if (kind === 'raw') return { options: parseVideoOptions(query), byteLength: body.length, bytes: async () => body };
+  if (kind === 'raw') return { options: parseVideoOptions(query), byteLength: body.length, bytes: () => Promise.resolve(body) };
   if (kind === 'json') {
     const json = scanJsonBody(body);
     rejectQueryOptions(query, json.fields);
-    return { options: parseVideoOptions(json.fields, 'json'), byteLength: json.byteLength, bytes: json.latents };
+    return { options: parseVideoOptions(json.fields, 'json'), byteLength: json.byteLength, bytes: () => json.latents() };
   }
   let header;
   try {
@@ -53,7 +53,7 @@ export function readVideoBody(kind: BodyKind, body: Buffer | undefined, query: R
   if (!dtype) throw new ServiceError('BAD_NPY', `the .npy body holds ${header.dtype}; send little-endian float32 (<f4) or float16 (<f2)`);
   if (query.shape !== undefined || query.dtype !== undefined) throw new ServiceError('BAD_PARAMETER', 'with a .npy body the header gives shape and dtype: leave them out of the query string');
   const data = body.subarray(header.dataStart);
-  return { options: parseVideoOptions({ ...query, shape: header.shape, dtype }), byteLength: data.byteLength, bytes: async () => data };
+  return { options: parseVideoOptions({ ...query, shape: header.shape, dtype }), byteLength: data.byteLength, bytes: () => Promise.resolve(data) };
 }
 
 /**
@@ -78,7 +78,7 @@ export function planVideo(wire: VideoWire, model: VideoLimits, maxVideoFrames: n
     plan = { options: base, dtype: base.dtype, order: 'nchw', wireShape: o.shape5, shape: [n, c, t * h, w], scale: 1, shift: 0 };
     shape = o.shape5;
   } else {
-    const image: WireLatents = { options: base, byteLength: wire.byteLength, bytes: wire.bytes };
+    const image: WireLatents = { options: base, byteLength: wire.byteLength, bytes: () => wire.bytes() };
     plan = { ...planLatents(image, model), scale: 1, shift: 0 };
     const [n, c, h, w] = plan.shape;
     shape = [n, c, 1, h, w];
