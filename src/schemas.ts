@@ -193,12 +193,15 @@ export const modelsSchema: FastifySchema = {
           type: 'array',
           items: {
             type: 'object',
-            required: ['name', 'default', 'family', 'channels', 'instances', 'precision', 'scalingFactor', 'shiftFactor', 'provider', 'ready', 'builtin', 'source'],
+            required: ['name', 'default', 'family', 'kind', 'channels', 'instances', 'precision', 'scalingFactor', 'shiftFactor', 'provider', 'ready', 'builtin', 'source'],
             properties: {
               name: { type: 'string' },
               default: { type: 'boolean' },
               family: { type: ['string', 'null'], description: 'Model family (sd1, sdxl, sd3, flux, taesd, ...), when the model names one' },
+              kind: { type: 'string', enum: ['image', 'video'], description: 'video: a streaming video decoder (Wan 2.1 VAE) taking [N, C, T, h, w]' },
               channels: { type: 'integer', description: 'Latent channels' },
+              latentsMean: { type: 'array', items: { type: 'number' }, description: 'Video models: the per-channel de-normalisation, latents · latentsStd + latentsMean' },
+              latentsStd: { type: 'array', items: { type: 'number' } },
               instances: { type: 'integer', description: 'ONNX Runtime sessions serving it (MODEL_INSTANCES)' },
               precision: { type: 'string', description: 'fp32, fp16, ...' },
               scalingFactor: { type: 'number' },

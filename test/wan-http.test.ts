@@ -52,6 +52,15 @@ test('Wan video through POST /decode (both layouts converted; the SD fixture as 
     assert.ok(maxAbs(pt.rawPayload, rgb.data) <= 1);
   });
 
+  await root.test('GET /v1/models says which models are video decoders and their normalisation', async () => {
+    const { models } = (await svc.app.inject('/v1/models')).json<{ models: { name: string; kind: string; family: string | null; latentsStd?: number[] }[] }>();
+    const byName = new Map(models.map((m) => [m.name, m]));
+    assert.equal(byName.get('wan-original')!.kind, 'video');
+    assert.equal(byName.get('wan-original')!.family, 'qwen-image');
+    assert.equal(byName.get('wan-diffusers')!.latentsStd!.length, 16);
+    assert.equal(byName.get('torch-export')!.kind, 'image');
+  });
+
   await root.test('POST /decode: a JSON body (base64 latents, options as fields) with a 5-D shape decodes the video', async () => {
     const { app } = svc;
     const lat = await npy('video-latents-pipeline.npy');
