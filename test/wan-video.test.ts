@@ -76,3 +76,31 @@ test('a Wan model whose config.json has latentsMean of the wrong length does not
   writeFileSync(cfgFile, JSON.stringify({ ...conf, latentsMean: [0, 1, 2] }));
   await assert.rejects(startService(t, { MODEL_PATH: '', MODELS_DIR: dir }), /model bad: latentsMean and latentsStd must be 16 finite numbers each/);
 });
+
+test('steps of two same-shaped videos share runs (the batch axis), each still matching the reference', async (t) => {
+  const dir = await wanModels(t);
+  const { registry, batches } = await startService(t, { MODEL_PATH: '', MODELS_DIR: dir });
+  const model = registry.get('wan-diffusers')!;
+  const latents = await npy('video-latents-decoder.npy');
+  const ref = await npy('video-reference.npy');
+  const decode = async (): Promise<Float32Array> => {
+    const parts: Float32Array[] = [];
+    for await (const s of decodeVideo(model, { data: (latents.data as Float32Array).slice(), shape: latents.shape as VideoTensor['shape'] }, ['sample'])) parts.push(s.samples!.slice());
+    // [1, 3, f, H, W] per step → [1, 3, 9, H, W]
+    const plane = 64 * 64;
+    const out = new Float32Array(3 * 9 * plane);
+    let f0 = 0;
+    for (const p of parts) {
+      const f = p.length / (3 * plane);
+      for (let c = 0; c < 3; c++) out.set(p.subarray(c * f * plane, (c + 1) * f * plane), (c * 9 + f0) * plane);
+      f0 += f;
+    }
+    return out;
+  };
+  const before = batches.length;
+  const [a, b] = await Promise.all([decode(), decode()]);
+  const shared = batches.slice(before).filter((x) => x.model === 'wan-diffusers' && x.requests === 2);
+  t.diagnostic(`runs: ${batches.slice(before).map((x) => x.requests).join(' ')}`);
+  assert.ok(shared.length >= 1, 'at least one run held steps of both videos');
+  for (const v of [a, b]) assert.ok(maxAbs(v, ref.data as Float32Array) <= FLOAT_TOLERANCE);
+});

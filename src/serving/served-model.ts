@@ -11,7 +11,7 @@ import type { LatentTensor, ModelLimits } from '../latents/parse.js';
 import { FAMILIES, defaultFactors, isFamily, type ModelConfigFile } from './model-config.js';
 import type { ChannelNormalization } from '../latents/normalize.js';
 import type { VideoStep } from '../video/protocol.js';
-import { runStep } from '../video/step-run.js';
+import { runSteps } from '../video/step-run.js';
 
 export interface ModelSpec {
   name: string;
@@ -166,12 +166,13 @@ export class ServedModel implements ModelLimits {
   }
 
   private async runBatch(batch: Batch<Payload>): Promise<BatchResult> {
-    const { step, tensor: first, fetch: stepFetch } = batch.slices[0]!.payload;
+    const { step, tensor: first } = batch.slices[0]!.payload;
     if (step) {
+      const steps = batch.slices.map(({ payload: p }) => ({ data: p.tensor.data, dims: p.tensor.shape, step: p.step!, fetch: p.fetch }));
       try {
-        return { ...(await runStep(this.runners[step.instance]!, first.data, first.shape, step, stepFetch)), samples: 1 };
+        return { ...(await runSteps(this.runners[step.instance]!, steps)), samples: batch.samples };
       } catch (e) {
-        throw new ServiceError('INFERENCE_FAILED', `model ${this.name} failed on a video step of ${first.shape.join('x')}: ${(e as Error).message}`, { cause: e });
+        throw new ServiceError('INFERENCE_FAILED', `model ${this.name} failed on a video step of ${steps.length} stream(s) of ${first.shape.join('x')}: ${(e as Error).message}`, { cause: e });
       }
     }
     const [, c, h, w] = first.shape;

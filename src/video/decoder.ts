@@ -1,7 +1,8 @@
 // A video through a streaming decoder, one latent frame per step: each step is queued on the
-// model's batcher on its own (the fairness rule: a video holds a model instance for one step at a
-// time, and whatever was queued during that step runs before the video's next one, the batcher
-// taking the oldest request first), and the frames of each step are yielded as soon as it ends.
+// model's batcher when the previous one has ended (the fairness rule: a video has one step queued
+// or running at a time, and whatever was queued during that step runs before the video's next one,
+// the batcher taking the oldest request first); steps of same-shaped videos waiting together share
+// a run on the batch axis. The frames of each step are yielded as soon as it ends.
 // The deadline and the client's signal are checked by the batcher at every step, so an abandoned
 // video stops at the next step; its caches are then dropped in the worker.
 import { ServiceError } from '../errors.js';
@@ -64,16 +65,23 @@ export async function* decodeVideo(model: ServedModel, video: VideoTensor, fetch
     for (let t = 0; t < frames; t++) {
       const last = t === frames - 1;
       const data = latentFrame(video, t);
-      const res = await model.batcher.submit(`video:${stream}`, {
+      // one queue per instance, shape and phase: steps of same-shaped videos share runs; a step
+      // counts as one sample (never split across runs) of cost N·h·w
+      const res = await model.batcher.submit(`video:${instance}:${n}x${h}x${w}:${t === 0 ? 'first' : 'next'}`, {
         tensor: { data, shape: [n, c, h, w] }, fetch, step: { stream, instance, first: t === 0, last },
       }, 1, { ...opts, cost: n * h * w });
       done = last;
-      const out = res.parts[0]!.result.outputs;
+      const part = res.parts[0]!;
+      const out = part.result.outputs;
+      const rows = part.result.samples * n; // every stream in the run has n rows (the key says so)
       const values = out.image?.byteLength ?? out.sample!.byteLength / 4;
+      const frameCount = values / (rows * 3 * SPATIAL_SCALE ** 2 * h * w);
+      const per = frameCount * 3 * SPATIAL_SCALE ** 2 * h * w; // values per row
+      const own = [part.batchOffset * n * per, (part.batchOffset + 1) * n * per] as const;
       yield {
-        step: t, frames: values / (n * 3 * SPATIAL_SCALE ** 2 * h * w), height: h * SPATIAL_SCALE, width: w * SPATIAL_SCALE,
-        ...(out.image ? { images: new Uint8Array(out.image) } : {}),
-        ...(out.sample ? { samples: new Float32Array(out.sample) } : {}),
+        step: t, frames: frameCount, height: h * SPATIAL_SCALE, width: w * SPATIAL_SCALE,
+        ...(out.image ? { images: new Uint8Array(out.image, own[0], own[1] - own[0]) } : {}),
+        ...(out.sample ? { samples: new Float32Array(out.sample, own[0] * 4, own[1] - own[0]) } : {}),
         queueMs: res.queueMs, runMs: res.runMs,
       };
     }

@@ -3,19 +3,29 @@
 // thread sends one latent frame per step and gets that step's output frames back.
 import type { OutputName } from '../inference/protocol.js';
 
-/** Decodes one latent frame of stream `stream`; answered with a 'result' (or 'error') of the same id. */
+/** One stream's part of a step: its rows of the batch. */
+export interface StreamStep {
+  /** The main thread's id for one video request; its caches live in the worker until `last`. */
+  stream: number;
+  /** Its videos (rows of the batch axis), in order after the previous stream's. */
+  rows: number;
+  /** Its latent frame 0: the worker starts its caches at zero (every stream of a run agrees). */
+  first: boolean;
+  /** Its last latent frame: the worker drops its caches after it. */
+  last: boolean;
+}
+
+/**
+ * Decodes one latent frame of each of `streams`, stacked on the batch axis; answered with a
+ * 'result' (or 'error') of the same id holding every row's frames.
+ */
 export interface StepRequest {
   type: 'step';
   id: number;
-  /** The main thread's id for one video batch; its caches live in the worker until `last`. */
-  stream: number;
-  /** float32 [N, C, 1, h, w] decoder-space latents, transferred. */
+  streams: StreamStep[];
+  /** float32 [rows, C, 1, h, w] decoder-space latents, transferred. */
   data: ArrayBuffer;
   dims: [number, number, number, number, number];
-  /** Latent frame 0: the worker starts the stream's caches at zero. */
-  first: boolean;
-  /** The stream's last latent frame: the worker drops its caches after it. */
-  last: boolean;
   fetch: OutputName[];
 }
 

@@ -8,7 +8,7 @@ import { CACHE_IN, CACHE_OUT, FIRST_CHUNK_NAME, IMAGE_NAME, INPUT_NAME, SAMPLE_N
 import { owned } from '../inference/buffers.js';
 import type { MainMessage, ModelIo, RunOutputs, WorkerMessage } from '../inference/protocol.js';
 import type { WarmupShape } from '../inference/warmup.js';
-import type { StepRequest, VideoMessage } from './protocol.js';
+import type { StepRequest, StreamStep, VideoMessage } from './protocol.js';
 
 /** Whether a decoder's metadata marks it as a streaming step graph. */
 export function isStepGraph(metadata: Record<string, string>): boolean {
@@ -53,25 +53,61 @@ export async function serveSteps(ctx: StepWorkerContext): Promise<void> {
     return [`${CACHE_IN}${s.slot}`, half ? new ort.Tensor('float16', new Uint16Array(size), dims) : new ort.Tensor('float32', new Float32Array(size), dims)];
   }));
 
-  const step = async (stream: number, data: Float32Array, dims: number[], first: boolean, last: boolean, fetch: string[]): Promise<ort.InferenceSession.ReturnType> => {
-    const [n, , , h, w] = dims as [number, number, number, number, number];
-    const cache = first ? zeros(n, h, w) : streams.get(stream);
-    if (!cache) throw new Error(`stream ${stream} has no caches: its first step was not run here`);
-    streams.delete(stream);
+  const cacheNames = slots.map((s) => `${CACHE_IN}${s.slot}`);
+  /** The streams' caches stacked on the batch axis, in order (one stream: its own tensors). */
+  const stacked = (parts: Record<string, ort.Tensor>[]): Record<string, ort.Tensor> => {
+    if (parts.length === 1) return parts[0]!;
+    return Object.fromEntries(cacheNames.map((name) => {
+      const ts = parts.map((p) => p[name]!);
+      const size = ts.reduce((a, t) => a + t.size, 0);
+      const data = half ? new Uint16Array(size) : new Float32Array(size);
+      let at = 0;
+      for (const t of ts) {
+        data.set(t.data as Float32Array & Uint16Array, at);
+        at += t.size;
+      }
+      return [name, new ort.Tensor(half ? 'float16' : 'float32', data, [ts.reduce((a, t) => a + t.dims[0]!, 0), ...ts[0]!.dims.slice(1)])];
+    }));
+  };
+  /** Stream k's rows [from, from + rows) of the new caches. */
+  const rowsOf = (res: ort.InferenceSession.ReturnType, from: number, rows: number, total: number): Record<string, ort.Tensor> =>
+    Object.fromEntries(slots.map((s) => {
+      const t = res[`${CACHE_OUT}${s.slot}`]!;
+      if (rows === total) return [`${CACHE_IN}${s.slot}`, t];
+      const per = t.size / total;
+      const data = (t.data as Float32Array | Uint16Array).slice(from * per, (from + rows) * per);
+      return [`${CACHE_IN}${s.slot}`, new ort.Tensor(t.type as 'float32', data, [rows, ...t.dims.slice(1)])];
+    }));
+
+  const step = async (streamSteps: StreamStep[], data: Float32Array, dims: number[], fetch: string[]): Promise<ort.InferenceSession.ReturnType> => {
+    const [rows, , , h, w] = dims as [number, number, number, number, number];
+    const first = streamSteps[0]!.first;
+    if (streamSteps.some((s) => s.first !== first)) throw new Error('a run mixes first and later steps');
+    const caches = streamSteps.map((s) => {
+      if (first) return zeros(s.rows, h, w);
+      const c = streams.get(s.stream);
+      if (!c) throw new Error(`stream ${s.stream} has no caches: its first step was not run here`);
+      return c;
+    });
+    for (const s of streamSteps) streams.delete(s.stream);
     const res = await session.run({
       [INPUT_NAME]: new ort.Tensor('float32', data, dims),
       [FIRST_CHUNK_NAME]: new ort.Tensor('int64', BigInt64Array.of(first ? 1n : 0n), [1]),
-      ...cache,
+      ...stacked(caches),
     }, [...fetch, ...slots.map((s) => `${CACHE_OUT}${s.slot}`)]);
-    if (!last) streams.set(stream, Object.fromEntries(slots.map((s) => [`${CACHE_IN}${s.slot}`, res[`${CACHE_OUT}${s.slot}`]!])));
+    let from = 0;
+    for (const s of streamSteps) {
+      if (!s.last) streams.set(s.stream, rowsOf(res, from, s.rows, rows));
+      from += s.rows;
+    }
     return res;
   };
 
   const w0 = performance.now();
   for (const [n, h, w] of ctx.warmup) {
     const frame = (): Float32Array => new Float32Array(n * channels * h * w);
-    await step(-1, frame(), [n, channels, 1, h, w], true, false, [IMAGE_NAME]);
-    await step(-1, frame(), [n, channels, 1, h, w], false, true, [IMAGE_NAME]);
+    await step([{ stream: -1, rows: n, first: true, last: false }], frame(), [n, channels, 1, h, w], [IMAGE_NAME]);
+    await step([{ stream: -1, rows: n, first: false, last: true }], frame(), [n, channels, 1, h, w], [IMAGE_NAME]);
   }
   const warmupMs = performance.now() - w0;
   post({ type: 'log', level: 'info', msg: 'warm-up', data: { provider: ctx.io.provider, shapes: ctx.warmup.map((s) => s.join('x')), ms: Math.round(warmupMs) } });
@@ -82,7 +118,7 @@ export async function serveSteps(ctx: StepWorkerContext): Promise<void> {
   const run = (req: StepRequest): Promise<void> => {
     const t = performance.now();
     const fetch = req.fetch.map((f) => (f === 'image' ? IMAGE_NAME : SAMPLE_NAME));
-    return step(req.stream, new Float32Array(req.data), req.dims, req.first, req.last, fetch).then(
+    return step(req.streams, new Float32Array(req.data), req.dims, fetch).then(
       (res) => {
         const outputs: RunOutputs = { nonFinite: [] };
         const transfer: ArrayBuffer[] = [];
