@@ -76,7 +76,7 @@ export async function serveSteps(ctx: StepWorkerContext): Promise<void> {
       if (rows === total) return [`${CACHE_IN}${s.slot}`, t];
       const per = t.size / total;
       const data = (t.data as Float32Array | Uint16Array).slice(from * per, (from + rows) * per);
-      return [`${CACHE_IN}${s.slot}`, new ort.Tensor(t.type as 'float32', data, [rows, ...t.dims.slice(1)])];
+      return [`${CACHE_IN}${s.slot}`, new ort.Tensor(t.type, data, [rows, ...t.dims.slice(1)])];
     }));
 
   const step = async (streamSteps: StreamStep[], data: Float32Array, dims: number[], fetch: string[]): Promise<ort.InferenceSession.ReturnType> => {
