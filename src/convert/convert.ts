@@ -13,7 +13,7 @@ import { buildDecoderGraph, type DecoderGraph } from './vae-graph.js';
 import { VaeWeights } from './vae-weights.js';
 import { buildWanStepGraph } from './wan-graph.js';
 import { WanWeights, detectWan } from './wan-weights.js';
-import { WAN21_LATENTS_MEAN, WAN21_LATENTS_STD } from '../latents/normalize.js';
+import { WAN21_LATENTS_MEAN, WAN21_LATENTS_STD } from '../video/wan-latents.js';
 import {
   CONFIG_FILE, FAMILIES, FAMILY_NAMES, MODEL_FILE, SD_SCALING_FACTOR, familiesFor, isFamily,
   type Family, type FamilyKind, type ModelConfig, type Precision,

@@ -9,7 +9,7 @@ import { InferenceRunner, type RunnerLogger, type RunnerOptions, type RunResult 
 import type { ModelIo, OutputName } from '../inference/protocol.js';
 import type { LatentTensor, ModelLimits } from '../latents/parse.js';
 import { FAMILIES, defaultFactors, isFamily, type ModelConfigFile } from './model-config.js';
-import type { ChannelNormalization } from '../latents/normalize.js';
+import type { ChannelNormalization } from '../video/wan-latents.js';
 import type { VideoStep } from '../video/protocol.js';
 import { runSteps } from '../video/step-run.js';
 

@@ -5,7 +5,7 @@
 import { ServiceError } from '../errors.js';
 import { toDecoderSpace } from '../latents/fuse.js';
 import { scanJsonBody } from '../latents/json-body.js';
-import { channelFactors, type ChannelNormalization } from '../latents/normalize.js';
+import { channelFactors, type ChannelNormalization } from './wan-latents.js';
 import { rejectQueryOptions } from '../latents/options.js';
 import { planLatents, type BodyKind, type LatentPlan, type ModelLimits, type WireLatents } from '../latents/parse.js';
 import { BYTES_PER_ELEMENT, type WireDtype } from '../tensor/dtype.js';

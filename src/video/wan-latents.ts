@@ -1,6 +1,5 @@
-// Per-channel latent normalisation, for the VAEs whose pipelines normalise each channel instead of
-// scaling all of them by one factor: the denoiser works on (z − mean) / std and the pipeline
-// de-normalises with `latents / (1 / std) + mean` before `vae.decode` (diffusers'
+// The Wan 2.1 VAE's per-channel latent normalisation: the denoiser works on (z − mean) / std and
+// the pipeline de-normalises with `latents / (1 / std) + mean` before `vae.decode` (diffusers'
 // pipelines/wan/pipeline_wan.py and pipelines/qwenimage/pipeline_qwenimage.py). Imports nothing.
 
 /** Wan 2.1's `latents_mean` (AutoencoderKLWan's defaults; Qwen-Image's vae/config.json holds the same). */
