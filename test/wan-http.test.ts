@@ -162,3 +162,42 @@ test('without ffmpeg, mp4 is 501 FFMPEG_UNAVAILABLE naming the fixes (from the q
   assert.equal(webp.statusCode, 200);
   assert.equal(webp.headers['content-type'], 'image/webp');
 });
+
+test('video admission: a video reserves its T steps before its latents are read (413 over the queue, 429 when they do not fit), gives them back, and is counted once', async (t) => {
+  const { app } = await startService(t, { MODEL_PATH: '', MODELS_DIR: await wanModels(t), MAX_QUEUE_SIZE: '4' });
+  const model = app.models.registry!.get('wan-diffusers')!;
+  const lat = await npy('video-latents-pipeline.npy'); // [1, 16, 3, 8, 8]
+  const body = bytesOf(lat.data as Float32Array);
+  const url = (shape: string): string => `/decode?${query({ model: 'wan-diffusers', shape, output_type: 'pt' })}`;
+  const code = (r: { json: <T>() => T }): string => r.json<{ error: { code: string } }>().error.code;
+  // 5 steps can never fit a queue of 4: 413 from the query string, the announced body never read
+  let r = await app.inject({ method: 'POST', url: url('1,16,5,8,8'), headers: { 'content-length': String(16 * 5 * 64 * 4) }, payload: Buffer.alloc(0) });
+  assert.equal(r.statusCode, 413, r.body);
+  assert.equal(code(r), 'BATCH_TOO_LARGE');
+  assert.match(r.body, /5 latent frames of 1x8x8 \(one queue entry each\) is more than the queue holds \(4\)/);
+  // another request holds 2 of the 4 entries: 3 steps do not fit (429 with Retry-After, before the
+  // body for a raw body, after its fields for JSON), 2 do
+  const held = model.batcher.reserve({ sampleCount: 2 });
+  try {
+    r = await app.inject({ method: 'POST', url: url('1,16,3,8,8'), headers: { 'content-length': String(body.byteLength) }, payload: Buffer.alloc(0) });
+    assert.equal(r.statusCode, 429, r.body);
+    assert.equal(code(r), 'QUEUE_FULL');
+    assert.ok(Number(r.headers['retry-after']) >= 1);
+    const json = { latents: Buffer.from(body).toString('base64'), shape: lat.shape, model: 'wan-diffusers', output_type: 'pt' };
+    r = await app.inject({ method: 'POST', url: '/decode', payload: json });
+    assert.equal(r.statusCode, 429, r.body);
+    const two = Buffer.from(body.subarray(0, 16 * 2 * 64 * 4)); // frames 0..1 of each channel are not contiguous: any values do
+    r = await app.inject({ method: 'POST', url: url('1,16,2,8,8'), payload: two });
+    assert.equal(r.statusCode, 200, r.body);
+    assert.deepEqual(JSON.parse(r.headers.shape as string), [1, 3, 5, 64, 64]);
+  } finally {
+    held.release();
+  }
+  r = await app.inject({ method: 'POST', url: url('1,16,3,8,8'), payload: body });
+  assert.equal(r.statusCode, 200, r.body);
+  assert.equal(model.batcher.reservedSamples, 0, 'every step submitted or given back');
+  assert.equal(model.batcher.waitingSamples, 0);
+  const metrics = (await app.inject({ method: 'GET', url: '/metrics' })).body;
+  const count = (outcome: string): number => Number(new RegExp(`^latent_decoder_requests_total\\{[^}]*model="wan-diffusers"[^}]*outcome="${outcome}"[^}]*\\} (\\d+)$`, 'm').exec(metrics)?.[1] ?? 0);
+  assert.deepEqual([count('ok'), count('rejected'), count('bad_request')], [2, 2, 1]);
+});
