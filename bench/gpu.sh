@@ -45,6 +45,12 @@ ort.InferenceSession.create(fs.readFileSync(p), { executionProviders: ['cuda'] }
   .catch((e) => { console.error('CUDA execution provider failed to load: ' + e.message); process.exit(1); });
 " "$(realpath test/fixtures/sdvae-ch32/torch-export.onnx)"
 
+# The streaming Wan 2.1 VAE decoder (seeded, base_dim 96) through the service's worker path:
+# seconds per output frame and peak host RSS at 512×512 and 832×480, 3 vs 21 latent frames
+# (GPU memory: watch nvidia-smi; the caches alone are 2.4 / 3.6 GiB float32).
+node --import tsx bench/wan-video.ts --provider cuda --threads 0 --side 64 --frames 3,21
+node --import tsx bench/wan-video.ts --provider cuda --threads 0 --side 60x104 --frames 3,21
+
 # The service falls back to the next provider in EXECUTION_PROVIDERS; --gpu sets exactly "cuda",
 # so a provider that does not load stops the service instead of silently benchmarking the CPU.
 exec node --import tsx bench/run.ts --gpu "$@"

@@ -135,7 +135,7 @@ function progress(label: string): ((done: number, total: number) => void) | unde
 function report(r: ConvertResult, out: string): void {
   const c = r.config;
   console.log(`${out}: ${c.name}, ${c.latentChannels} latent channels, ${r.architecture}, ` +
-    `${c.precision}, scaling ${c.scalingFactor} shift ${c.shiftFactor}${c.family ? `, family ${c.family}` : ''}, ` +
+    `${c.precision}, ${c.latentsMean ? 'per-channel latents_mean/latents_std' : `scaling ${c.scalingFactor} shift ${c.shiftFactor}`}${c.family ? `, family ${c.family}` : ''}, ` +
     `${(r.bytes / 2 ** 20).toFixed(1)} MiB in ${r.seconds.toFixed(1)} s`);
   if (r.encoder) console.log(`${r.encoder.path}: ${r.encoderOnly ? 'encoder only (no decoder in the weights)' : 'the encoder'}, ${r.encoder.architecture}, fp32`);
   if (r.encoderSkipped) console.log(`encoder not written: ${r.encoderSkipped}`);

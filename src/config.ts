@@ -54,6 +54,10 @@ export interface Config {
   maxUntiledLatentSide: number;
   /** /encode: pixels (width × height) an image may have, checked from its header before decoding: 413 above. */
   maxImagePixels: number;
+  /** Latent frames (T of [N, C, T, h, w]) one video request may hold: 413 above, from the query. */
+  maxVideoFrames: number;
+  /** The ffmpeg binary for mp4/webm answers; unset: @ffmpeg-installer/ffmpeg, then ffmpeg on PATH. */
+  ffmpegPath?: string;
 }
 
 /** A protobuf message, hence an ONNX file without external data, is at most 2 GiB. */
@@ -157,6 +161,8 @@ export function loadConfig(env: Env = process.env): Config {
     tileOverlap,
     maxUntiledLatentSide,
     maxImagePixels: int(env, 'MAX_IMAGE_PIXELS', (maxLatentSide * 8) ** 2, 64),
+    maxVideoFrames: int(env, 'MAX_VIDEO_FRAMES', 21, 1, 10_000),
+    ffmpegPath: optional(env, 'FFMPEG_PATH'),
   };
   return cfg;
 }

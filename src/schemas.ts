@@ -3,6 +3,7 @@
 // here: a new field must be added here too). /decode documents its query and bodies but does not
 // validate them: latents/ parses them itself, to answer with the service's own error codes.
 import type { FastifySchema, FastifySchemaCompiler } from 'fastify';
+import { videoContent, videoJsonBodies, videoOptions } from './video/schema.js';
 import { ErrorCodes, type ErrorCode } from './errors.js';
 import { MAX_LATENT_MAGNITUDE } from './latents/fuse.js';
 import { WIRE_DTYPES } from './tensor/dtype.js';
@@ -57,22 +58,22 @@ function errors(...statuses: number[]): Record<number, object> {
 const options = {
   model: { type: 'string', description: 'A served model name (GET /v1/models); default: the default model' },
   shape: {
-    type: 'array', items: { type: 'integer', minimum: 1 }, minItems: 3, maxItems: 4,
-    description: '[N, C, h, w] ([N, h, w, C] with layout=nhwc) or [C, h, w]; with height and width, a 3-D shape is FLUX-packed latents [N, (H/16)·(W/16), 4C]. Repeated key (shape=1&shape=4&...) or "1,4,64,64"; decimal integers only. Optional for raw bytes: inferred from the model when the size is unambiguous',
+    type: 'array', items: { type: 'integer', minimum: 1 }, minItems: 3, maxItems: 5,
+    description: '[N, C, h, w] ([N, h, w, C] with layout=nhwc) or [C, h, w]; [N, C, T, h, w] for a video model (Wan); with height and width, a 3-D shape is FLUX-packed latents [N, (H/16)·(W/16), 4C]. Repeated key (shape=1&shape=4&...) or "1,4,64,64"; decimal integers only. Optional for raw bytes: inferred from the model when the size is unambiguous',
   },
   layout: {
     type: 'string', enum: ['nchw', 'nhwc'], default: 'nchw',
     description: 'Memory order of the latents: nchw (channels first, PyTorch) or nhwc (channels last, Keras/JAX); shape is given in the same order. Not for packed latents',
   },
   dtype: { type: 'string', enum: [...WIRE_DTYPES], default: 'float32', description: 'Element type of the latents on the wire ("torch." prefix accepted)' },
-  format: { type: 'string', enum: ['png', 'jpeg', 'jpg', 'webp'], description: 'Image format; default: from the Accept header, else png' },
-  image_format: { type: 'string', enum: ['png', 'jpeg', 'jpg', 'webp'], description: 'Same as format (the diffusers remote_decode name)' },
+  format: { type: 'string', enum: ['png', 'jpeg', 'jpg', 'webp', 'mp4', 'webm', 'gif'], description: 'Image format; default: from the Accept header, else png. Video models also take mp4, webm (ffmpeg) and gif; a video (more than one frame) defaults to animated webp, and png/jpeg give its frames as JSON' },
+  image_format: { type: 'string', enum: ['png', 'jpeg', 'jpg', 'webp', 'mp4', 'webm', 'gif'], description: 'Same as format (the diffusers remote_decode name)' },
   quality: { type: 'integer', minimum: 1, maximum: 100, description: 'JPEG/WebP quality' },
   scaling_factor: { type: 'number', not: { const: 0 }, description: 'VAE scaling factor; default: the model\'s' },
   shift_factor: { type: 'number', description: 'VAE shift factor; default: the model\'s' },
   do_scaling: { type: 'boolean', default: true, description: 'Apply latents / scaling_factor + shift_factor before decoding' },
   output_type: {
-    type: 'string', enum: ['pil', 'image', 'pt', 'tensor'], default: 'pil',
+    type: 'string', enum: ['pil', 'image', 'pt', 'tensor', 'mp4'], default: 'pil',
     description: 'pil/image: encoded images; pt/tensor: the raw tensor (application/octet-stream)',
   },
   partial_postprocess: { type: 'boolean', default: false, description: 'With output_type=pt: uint8 NHWC pixels instead of the float32 NCHW decoder output' },
@@ -83,6 +84,7 @@ const options = {
     description: 'Tiled decoding: latents larger than this on either side are decoded as overlapping tiles of this side and cross-faded as diffusers\' AutoencoderKL.tiled_decode does; 0 never tiles (then a side over MAX_UNTILED_LATENT_SIDE is LATENT_TOO_LARGE); default TILE_LATENT_SIDE (128), at most MAX_UNTILED_LATENT_SIDE',
   },
   tile_overlap: { type: 'number', minimum: 0, exclusiveMaximum: 1, description: 'Tiled decoding: diffusers\' tile_overlap_factor; tiles start every int(tile_size·(1−tile_overlap)) latents; default TILE_OVERLAP (0.25)' },
+  ...videoOptions,
 } as const;
 
 const imagesBody = {
@@ -153,7 +155,8 @@ export const decodeSchema: FastifySchema = {
         'image/png': { schema: binary },
         'image/jpeg': { schema: binary },
         'image/webp': { schema: binary },
-        'application/json': { schema: imagesBody },
+        'application/json': { schema: { anyOf: [imagesBody, ...videoJsonBodies] } },
+        ...videoContent,
         'application/octet-stream': { schema: { ...binary, description: 'The tensor, little-endian' } },
       },
     },
@@ -163,7 +166,7 @@ export const decodeSchema: FastifySchema = {
 
 const encodeOptions = {
   model: { type: 'string', description: 'A served model that encodes (GET /v1/models, directions); default: the default model if it encodes, else the first that does' },
-  shape: { ...options.shape, description: 'A tensor body\'s shape, [N, 3, H, W] or [3, H, W] (values in [-1, 1]); without it a raw body must be an image' },
+  shape: { ...options.shape, maxItems: 4, description: 'A tensor body\'s shape, [N, 3, H, W] or [3, H, W] (values in [-1, 1]); without it a raw body must be an image' },
   dtype: { ...options.dtype, description: 'A tensor body\'s element type' },
   output_dtype: { type: 'string', enum: [...WIRE_DTYPES], default: 'float32', description: 'The answer\'s element type' },
   sample_mode: {
@@ -279,13 +282,16 @@ export const modelsSchema: FastifySchema = {
           type: 'array',
           items: {
             type: 'object',
-            required: ['name', 'default', 'directions', 'family', 'channels', 'instances', 'precision', 'scalingFactor', 'shiftFactor', 'provider', 'ready', 'builtin', 'source'],
+            required: ['name', 'default', 'directions', 'family', 'kind', 'channels', 'instances', 'precision', 'scalingFactor', 'shiftFactor', 'provider', 'ready', 'builtin', 'source'],
             properties: {
               name: { type: 'string' },
               directions: { type: 'array', items: { type: 'string', enum: ['decode', 'encode'] }, description: 'What it serves: decode (POST /decode), encode (POST /encode)' },
               default: { type: 'boolean' },
               family: { type: ['string', 'null'], description: 'Model family (sd1, sdxl, sd3, flux, taesd, ...), when the model names one' },
+              kind: { type: ['string', 'null'], enum: ['image', 'video', null], description: 'video: a streaming video decoder (Wan 2.1 VAE) taking [N, C, T, h, w]; null for a model that did not load' },
               channels: { type: ['integer', 'null'], description: 'Latent channels (null for a model that did not load)' },
+              latentsMean: { type: 'array', items: { type: 'number' }, description: 'Video models: the per-channel de-normalisation, latents · latentsStd + latentsMean' },
+              latentsStd: { type: 'array', items: { type: 'number' } },
               instances: { type: 'integer', description: 'ONNX Runtime sessions serving it (MODEL_INSTANCES)' },
               precision: { type: 'string', description: 'fp32, fp16, ...' },
               scalingFactor: { type: ['number', 'null'] },

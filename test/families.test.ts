@@ -24,7 +24,7 @@ const scaled = (name: string, k: number) => (ts: Parameters<Parameters<typeof re
 
 test('--family sets the factors and is recorded; explicit factors win; the table holds every family', async (t) => {
   const dir = tempDir(t);
-  assert.deepEqual(Object.keys(FAMILIES), ['sd1', 'sd2', 'sdxl', 'sd3', 'flux', 'flux2', 'taesd', 'taesdxl', 'taesd3', 'taef1']);
+  assert.deepEqual(Object.keys(FAMILIES), ['sd1', 'sd2', 'sdxl', 'sd3', 'flux', 'flux2', 'taesd', 'taesdxl', 'taesd3', 'taef1', 'wan2.1', 'qwen-image']);
   const out = join(dir, 'sdxl', 'model.onnx');
   const r = await convertCheckpoint({ weights: fixture('ldm.safetensors'), out, family: 'sdxl' });
   assert.deepEqual([r.config.scalingFactor, r.config.shiftFactor, r.config.family], [0.13025, 0, 'sdxl']);
@@ -95,7 +95,7 @@ test('CLI: convert --family taesd records it; an unknown --family is a usage err
   const cli = (args: string[]) => spawnSync(process.execPath, ['--import', 'tsx', 'src/cli.ts', ...args], { cwd: REPO_ROOT, encoding: 'utf8' });
   const bad = cli(['convert', 'a', 'b', '--family', 'sd15']);
   assert.equal(bad.status, 2);
-  assert.match(bad.stderr, /--family must be one of sd1, sd2, sdxl, sd3, flux, flux2, taesd, taesdxl, taesd3, taef1, got "sd15"/);
+  assert.match(bad.stderr, /--family must be one of sd1, sd2, sdxl, sd3, flux, flux2, taesd, taesdxl, taesd3, taef1, wan2.1, qwen-image, got "sd15"/);
   const badPull = cli(['pull', 'acme/vae', '--family', 'sdxl-turbo']); // refused before any download
   assert.equal(badPull.status, 2);
   assert.match(badPull.stderr, /--family must be one of .*, got "sdxl-turbo"/);

@@ -1,5 +1,5 @@
 // Checkpoint (.safetensors, any supported key layout) → ONNX VAE decoder. The architecture (KL
-// VAE or TAESD) is told from the keys. Weights stream from the checkpoint into the output file
+// VAE, TAESD or the Wan 2.1 VAE) is told from the keys. Weights stream from the checkpoint into the output file
 // one tensor at a time, so peak memory stays near the size of the largest tensor rather than the
 // model or the checkpoint.
 import { basename, dirname, join } from 'node:path';
@@ -15,6 +15,9 @@ import { buildTaesdGraph } from './taesd-graph.js';
 import { TaesdWeights, detectTaesd } from './taesd-weights.js';
 import { buildDecoderGraph, type DecoderGraph } from './vae-graph.js';
 import { VaeWeights } from './vae-weights.js';
+import { buildWanStepGraph } from './wan-graph.js';
+import { WanWeights, detectWan } from './wan-weights.js';
+import { WAN21_LATENTS_MEAN, WAN21_LATENTS_STD } from '../video/wan-latents.js';
 import {
   CONFIG_FILE, ENCODER_FILE, FAMILIES, FAMILY_NAMES, MODEL_FILE, SD_SCALING_FACTOR, familiesFor, isFamily,
   type Family, type FamilyKind, type ModelConfig, type Precision,
@@ -36,6 +39,9 @@ export interface ConvertOptions {
   /** Required for 16 latent channels without `family`: SD3 (1.5305) and FLUX (0.3611) share shapes. */
   scalingFactor?: number;
   shiftFactor?: number;
+  /** Wan: per-channel normalisation (a diffusers config's latents_mean/latents_std); default Wan 2.1's. */
+  latentsMean?: number[];
+  latentsStd?: number[];
   /** Recorded in the metadata; defaults to the checkpoint's file name. */
   source?: string;
   /** FLUX.2: the BatchNorm's epsilon (its config.json's batch_norm_eps); default diffusers' 1e-4. */
@@ -111,12 +117,29 @@ interface GraphSource {
   shape: Pick<ConvertResult['config'], 'ch' | 'chMult' | 'numResBlocks'>;
   weights: Pick<VaeWeights, 'check' | 'read' | 'close'>;
   build(type: ElemType): DecoderGraph;
+  /** Extra metadata_props (the Wan step graph's cache slots). */
+  metadata?: Record<string, string>;
 }
+
+const KIND_TITLES: Record<FamilyKind, string> = { kl: 'SD-family VAE', taesd: 'TAESD', wan: 'Wan 2.1 VAE streaming (one latent frame per run)' };
 
 /** The checkpoint's decoder, or undefined when it holds none (a TAESD encoder file). */
 async function openDecoder(path: string, opts: OpenOptions): Promise<GraphSource | undefined> {
   const file = await SafetensorsFile.open(path, { allowNonFinite: opts.allowNonFinite, warn: opts.warn });
   const keys = new Set(file.keys());
+  if (detectWan(keys)) {
+    const w = await WanWeights.fromFile(file);
+    const built = buildWanStepGraph(w.config);
+    return {
+      kind: 'wan',
+      latentChannels: w.config.latentChannels,
+      architecture: `Wan 2.1 VAE (${w.layout} layout), mid ${w.config.midChannels} ch, out ${w.config.outChannels} ch, ${built.slots.length} cache slots`,
+      shape: {},
+      weights: w,
+      build: (type) => (type === 'float32' ? built : buildWanStepGraph(w.config, type)),
+      metadata: { feat_cache: JSON.stringify(built.slots) },
+    };
+  }
   if (detectTaesd(keys)) {
     const w = await TaesdWeights.fromFile(file);
     return {
@@ -160,7 +183,8 @@ export async function convertCheckpoint(opts: ConvertOptions): Promise<ConvertRe
   const decoder = await openDecoder(opts.weights, opts);
   let encoder: GraphSource | undefined;
   try {
-    encoder = await openEncoder(opts.weights, opts);
+    // a Wan checkpoint's encoder (3-D, causal) is no KL encoder: only its decoder is converted
+    encoder = decoder?.kind === 'wan' ? undefined : await openEncoder(opts.weights, opts);
   } catch (err) {
     await decoder?.weights.close();
     throw err;
@@ -181,6 +205,7 @@ export async function convertCheckpoint(opts: ConvertOptions): Promise<ConvertRe
       source: opts.source ?? basename(opts.weights),
       ...(factors.family ? { family: factors.family } : {}),
       ...(await readBatchNormStats(opts.weights, main.latentChannels, opts.batchNormEps)),
+      ...(main.kind === 'wan' ? channelNormalization(main.latentChannels, opts) : {}),
     };
     const metadata = {
       name: config.name,
@@ -190,7 +215,8 @@ export async function convertCheckpoint(opts: ConvertOptions): Promise<ConvertRe
       precision,
       source: config.source,
       ...(config.family ? { family: config.family } : {}),
-      ...(config.latentsMean ? { latents_mean: JSON.stringify(config.latentsMean), latents_std: JSON.stringify(config.latentsStd), patch_size: String(config.patchSize) } : {}),
+      ...(config.latentsMean ? { latents_mean: JSON.stringify(config.latentsMean), latents_std: JSON.stringify(config.latentsStd) } : {}),
+      ...(config.patchSize !== undefined ? { patch_size: String(config.patchSize) } : {}),
     };
     const type = opts.fp16 ? 'float16' : 'float32';
     const decoderGraph = decoder?.build(type);
@@ -209,13 +235,14 @@ export async function convertCheckpoint(opts: ConvertOptions): Promise<ConvertRe
     let fp16Check: Fp16Report | undefined;
     if (decoder && decoderGraph) {
       const model = decoderGraph.graph.model({
-        doc: `${decoder.kind === 'taesd' ? 'TAESD' : 'SD-family VAE'} decoder (${precision}) converted from ${config.source} by latent-decoder`,
-        metadata,
+        doc: `${KIND_TITLES[decoder.kind]} decoder (${precision}) converted from ${config.source} by latent-decoder`,
+        metadata: { ...metadata, ...decoder.metadata },
       });
       // written under a temporary name so a model repository never sees a half-written model, nor
       // a float16 one the guard refuses
       bytes = await writeGraph(opts.out, model, decoderGraph.weights, type, decoder, opts.onProgress, async (partial) => {
-        if (!opts.fp16) return;
+        // the guard probes 4-D image decoders; the Wan graph keeps its norms and scores in float32
+        if (!opts.fp16 || decoder.kind === 'wan') return;
         fp16Check = await checkFp16({
           graph: decoderGraph.graph, weights: decoderGraph.weights, fp16Model: partial, probePath: `${opts.out}.fp16-probe.partial`,
           readFloat32: (name) => decoder.weights.read(name, 'float32') as Promise<Float32Array>,
@@ -268,7 +295,7 @@ function writeGraph(path: string, model: ReturnType<DecoderGraph['graph']['model
   });
 }
 
-const describe = (kind: FamilyKind, channels: number) => `${channels}-channel ${kind === 'taesd' ? 'TAESD' : 'KL VAE'} decoder`;
+const describe = (kind: FamilyKind, channels: number) => `${channels}-channel ${{ kl: 'KL VAE', taesd: 'TAESD', wan: 'Wan VAE' }[kind]} decoder`;
 
 /**
  * The factors and family: explicit factors win; then --family; then what the weights make
@@ -305,4 +332,14 @@ function resolveFactors(src: GraphSource, opts: ConvertOptions): { scalingFactor
     `${opts.weights}: a ${src.latentChannels}-channel VAE's scaling factor cannot be inferred from its weights` +
     (fits.length > 0 ? ` (${choices}); pass --family ${fits.join('|')}, or --scaling-factor and --shift-factor` : '; pass --scaling-factor and --shift-factor'),
   );
+}
+
+/** A Wan model's latents_mean/latents_std: the given ones (one per channel) or Wan 2.1's. */
+function channelNormalization(channels: number, opts: ConvertOptions): { latentsMean: number[]; latentsStd: number[] } {
+  const mean = opts.latentsMean ?? [...WAN21_LATENTS_MEAN];
+  const std = opts.latentsStd ?? [...WAN21_LATENTS_STD];
+  if (mean.length !== channels || std.length !== channels) {
+    throw new Error(`${opts.weights}: latents_mean and latents_std need ${channels} values each, got ${mean.length} and ${std.length}`);
+  }
+  return { latentsMean: mean, latentsStd: std };
 }

@@ -76,7 +76,7 @@ export async function pull(repoId: string, opts: PullOptions): Promise<PullResul
   // branch that moves during the pull cannot mix two commits' files.
   const config = await hub.fetch(revision, inFolder('config.json'));
   if (!config) throw new Error(`${endpoint}/${repoId}: no ${inFolder('config.json')} at ${revision}: is it a diffusers repository with a '${subfolder}' folder?`);
-  const hubConfig = JSON.parse(await readFile(config.path, 'utf8')) as { scaling_factor?: unknown; shift_factor?: unknown; batch_norm_eps?: unknown };
+  const hubConfig = JSON.parse(await readFile(config.path, 'utf8')) as { scaling_factor?: unknown; shift_factor?: unknown; batch_norm_eps?: unknown; latents_mean?: unknown; latents_std?: unknown };
 
   let weights;
   for (const file of WEIGHT_FILES) {
@@ -95,6 +95,8 @@ export async function pull(repoId: string, opts: PullOptions): Promise<PullResul
     scalingFactor: typeof hubConfig.scaling_factor === 'number' ? hubConfig.scaling_factor : undefined,
     shiftFactor: typeof hubConfig.shift_factor === 'number' ? hubConfig.shift_factor : undefined,
     batchNormEps: typeof hubConfig.batch_norm_eps === 'number' ? hubConfig.batch_norm_eps : undefined,
+    latentsMean: numbers(hubConfig.latents_mean),
+    latentsStd: numbers(hubConfig.latents_std),
     // the commit, not the branch name: the model says exactly which weights it holds
     source: `hf:${repoId}@${config.commit}${subfolder ? `/${subfolder}` : ''}`,
     onProgress: (d, t) => opts.onProgress?.('convert', d, t),
@@ -106,4 +108,9 @@ export async function pull(repoId: string, opts: PullOptions): Promise<PullResul
     snapshot: join(hub.repoDir, 'snapshots', config.commit, subfolder),
     downloaded: Number(config.downloaded) + Number(weights.downloaded),
   };
+}
+
+/** A JSON list of finite numbers, else undefined. */
+function numbers(v: unknown): number[] | undefined {
+  return Array.isArray(v) && v.every((x) => typeof x === 'number' && Number.isFinite(x)) ? (v as number[]) : undefined;
 }

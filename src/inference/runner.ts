@@ -146,16 +146,28 @@ export class InferenceRunner {
   }
 
   /** Runs the model on float32 NCHW latents; `data`'s buffer is transferred (unusable after). */
-  async run(data: Float32Array, dims: [number, number, number, number], fetch: OutputName[]): Promise<RunResult> {
+  run(data: Float32Array, dims: [number, number, number, number], fetch: OutputName[]): Promise<RunResult> {
+    return this.request({ type: 'run', data: data.buffer, dims, fetch }, [data.buffer as ArrayBuffer]);
+  }
+
+  /**
+   * Posts `message` with a new id (a run, or a video step: src/video/protocol.ts) and resolves
+   * with the worker's result for that id; `transfer`'s buffers are moved, not copied.
+   */
+  async request(message: { type: string } & Record<string, unknown>, transfer: ArrayBuffer[]): Promise<RunResult> {
     if (!this.alive && !this.closing && !this.fatal) await this.restarted;
     if (this.closing) throw new Error('the inference worker is closed');
     if (this.fatal) throw this.fatal;
     const id = this.nextId++;
     return new Promise((resolve, reject) => {
       this.pending.set(id, { resolve, reject });
-      const buffer = data.buffer as ArrayBuffer;
-      this.worker.postMessage({ type: 'run', id, data: buffer, dims, fetch }, [buffer]);
+      this.worker.postMessage({ ...message, id }, transfer);
     });
+  }
+
+  /** Posts a message that has no answer (a video stream's end); dropped while the worker is down. */
+  notify(message: { type: string } & Record<string, unknown>): void {
+    if (this.alive && !this.closing) this.worker.postMessage(message);
   }
 
   /**

@@ -11,6 +11,8 @@ import { ENCODER_MEAN, ENCODER_STD, encoderIo } from '../onnx/encoder-io.js';
 import { IMAGE_OUTPUT, NONFINITE_OUTPUT, withPostprocess } from '../onnx/postprocess.js';
 import type { MainMessage, ModelIo, OutputName, RunOutputs, WorkerInit, WorkerMessage } from './protocol.js';
 import { warmupPlan } from './warmup.js';
+import { owned } from './buffers.js';
+import { isStepGraph, serveSteps } from '../video/step-worker.js';
 
 const init = workerData as WorkerInit;
 const port = parentPort!;
@@ -45,12 +47,6 @@ async function createSession(bytes: Uint8Array): Promise<{ session: ort.Inferenc
   throw new Error(`no execution provider loaded (${errors.join('; ')})`);
 }
 
-function owned(view: ArrayBufferView): ArrayBuffer {
-  // ORT may hand out views on memory it keeps; a copy is needed only then.
-  const whole = view.byteOffset === 0 && view.byteLength === view.buffer.byteLength && view.buffer instanceof ArrayBuffer;
-  return whole ? view.buffer : (view.buffer.slice(view.byteOffset, view.byteOffset + view.byteLength) as ArrayBuffer);
-}
-
 /** A model that cannot serve whatever the request: the registry marks it unavailable. */
 class DefectError extends Error {}
 
@@ -73,6 +69,10 @@ async function main(): Promise<void> {
   // warm-up sizes are latent sizes: an encoder takes images 8× their side
   const up = enc ? 8 : 1;
   const { session, provider } = await createSession(bytes);
+  if (isStepGraph(io.metadata)) {
+    const base = { provider, loadMs: performance.now() - t0, metadata: io.metadata };
+    return serveSteps({ ort, session, port, post, io: base, warmup: warmupPlan(provider, init.warmupLatentSizes, init.maxBatchSize) });
+  }
   const meta = session.inputMetadata.find((m) => m.name === io.input);
   if (!meta || !meta.isTensor) throw new Error(`the model has no tensor input ${io.input}`);
   if (meta.type !== 'float32' && meta.type !== 'float16') {

@@ -13,6 +13,7 @@ import type { ImageFormat } from '../latents/options.js';
 import type { ModelRegistry } from '../serving/registry.js';
 import type { ServedEncoder } from '../serving/served-encoder.js';
 import type { ServedModel } from '../serving/served-model.js';
+import type { VideoFormat } from '../video/options.js';
 import type {} from './models.js'; // the `models` decorator
 
 declare module 'fastify' {
@@ -39,7 +40,7 @@ export interface DecodeEvent {
   timings: StageTimings;
   samples: number;
   /** What an ok answer carried: an image format or the raw tensor. */
-  format?: ImageFormat | 'tensor';
+  format?: ImageFormat | VideoFormat | 'tensor';
   /** Which route: /decode (the default) or /encode. */
   direction?: Direction;
 }
@@ -49,9 +50,14 @@ export interface DecodeNote {
   model?: string;
   timings: StageTimings;
   samples: number;
-  format?: ImageFormat | 'tensor';
+  format?: ImageFormat | VideoFormat | 'tensor';
   /** /encode's requests say so; /decode's leave it unset. */
   direction?: Direction;
+  /**
+   * Set by a route that ends an answer itself after its status went out (a streamed video reset
+   * mid-way: error or timed_out): counted as this instead of by the status.
+   */
+  outcome?: Outcome;
 }
 
 /** The outcome label of an answer's status (499: the client closed the connection first). */
@@ -200,7 +206,7 @@ export class Metrics {
       if (this.counted.has(req)) return;
       this.counted.add(req);
       const note = this.notes.get(req) ?? { timings: {}, samples: 0 };
-      this.onDecode({ ...note, model: note.model, outcome: outcomeOf(status), seconds });
+      this.onDecode({ ...note, model: note.model, outcome: note.outcome ?? outcomeOf(status), seconds });
     };
     app.addHook('onRequest', async (req, reply) => {
       const arrival = performance.now() - reply.elapsedTime;

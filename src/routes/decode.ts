@@ -15,6 +15,9 @@ import type { ModelRegistry } from '../serving/registry.js';
 import type { DecodeTicket, ServedModel } from '../serving/served-model.js';
 import { decodeTiled, queueDemand, tilingFor } from '../serving/tiled.js';
 import { DISCARD_AT_MOST, registryOf, requestDeadlines, reservations, serverTiming } from './request.js';
+import { videoDemand } from '../video/decoder.js';
+import { shape5Of } from '../video/options.js';
+import { decodeVideoRequest, precheckVideo, requestedModel, routesToVideo } from '../video/route.js';
 
 function modelOf(registry: ModelRegistry, name: string | undefined): ServedModel {
   return registry.resolve(name);
@@ -57,6 +60,15 @@ export default async function decodeRoutes(app: FastifyInstance): Promise<void> 
       // A JSON body carries its options, the model among them: its checks wait for the fields
       // (read without parsing the latents, see json-body.ts).
       if (kind === 'json') return;
+      const target = registry.get(requestedModel(kind, undefined, query));
+      if (target && precheckVideo(target, kind, query, length, cfg)) {
+        app.metrics.noteOf(req).model = target.name;
+        if (length === 0) throw new ServiceError('EMPTY_BODY', 'the request body is empty: send the latents as raw bytes, a .npy file or JSON');
+        // a 5-D shape in the query: every step's room; else one step's until the body says
+        const shape5 = shape5Of(query.shape);
+        admit(req, reply, target, shape5 && kind === 'raw' ? videoDemand(shape5) : { demands: [{ sampleCount: 1 }], wording: {} });
+        return;
+      }
       const opts = parseOptions(query);
       const model = modelOf(registry, opts.model);
       app.metrics.noteOf(req).model = model.name;
@@ -99,7 +111,14 @@ export default async function decodeRoutes(app: FastifyInstance): Promise<void> 
       if (start >= deadline) throw new DeadlineError('the request\'s deadline passed while its body was being received');
       timer = setTimeout(() => controller.abort(new DeadlineError('the request did not finish before its deadline')), deadline - performance.now());
 
-      const wire = readBody(bodyKind(req.headers['content-type']), req.body as Buffer | undefined, req.query as Record<string, unknown>);
+      const kind = bodyKind(req.headers['content-type']);
+      const target = modelOf(registry, requestedModel(kind, req.body as Buffer | undefined, req.query as Record<string, unknown>));
+      if (routesToVideo(target, kind, req.body as Buffer | undefined, req.query as Record<string, unknown>)) {
+        note.model = target.name;
+        const admitVideo = (demand: ReturnType<typeof videoDemand>): DecodeTicket => admit(req, reply, target, demand);
+        return await decodeVideoRequest(req, reply, target, { cfg, deadline, signal: controller.signal, note, admit: admitVideo });
+      }
+      const wire = readBody(kind, req.body as Buffer | undefined, req.query as Record<string, unknown>);
       const opts = wire.options;
       const model = modelOf(registry, opts.model);
       note.model = model.name;

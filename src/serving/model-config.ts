@@ -22,7 +22,8 @@ export interface ModelConfig {
   /**
    * Per-channel statistics of the denoiser's space, replacing scalingFactor/shiftFactor's shift
    * (FLUX.2: its BatchNorm's running_mean and sqrt(running_var + batch_norm_eps), over channels
-   * patchified 2×2: latentChannels × patchSize² values each). See latents/normalize.ts.
+   * patchified 2×2: latentChannels × patchSize² values each; Wan: latentChannels values, decoder
+   * input = latents · latentsStd + latentsMean). See latents/normalize.ts.
    */
   latentsMean?: number[];
   latentsStd?: number[];
@@ -34,7 +35,7 @@ export interface ModelConfig {
 /** A repository folder's config.json or a MODEL_PATH sidecar, as read: every field optional. */
 export type ModelConfigFile = Partial<ModelConfig>;
 
-export type FamilyKind = 'kl' | 'taesd';
+export type FamilyKind = 'kl' | 'taesd' | 'wan';
 
 export interface FamilySpec {
   /** The latent channels the family's decoder takes. */
@@ -63,6 +64,9 @@ export const FAMILIES = {
   taesdxl: { latentChannels: 4, kind: 'taesd', scalingFactor: 1, shiftFactor: 0 },
   taesd3: { latentChannels: 16, kind: 'taesd', scalingFactor: 1, shiftFactor: 0 },
   taef1: { latentChannels: 16, kind: 'taesd', scalingFactor: 1, shiftFactor: 0 },
+  // the Wan 2.1 VAE (video); per-channel latents_mean/latents_std instead of a factor
+  'wan2.1': { latentChannels: 16, kind: 'wan', scalingFactor: 1, shiftFactor: 0 },
+  'qwen-image': { latentChannels: 16, kind: 'wan', scalingFactor: 1, shiftFactor: 0 },
 } as const satisfies Record<string, FamilySpec>;
 
 export type Family = keyof typeof FAMILIES;

@@ -11,6 +11,9 @@ import type { LatentTensor, ModelLimits } from '../latents/parse.js';
 import { channelStats, type ChannelStats } from '../latents/normalize.js';
 import { servedFactors, statsConfig } from './factors.js';
 import type { ModelConfigFile } from './model-config.js';
+import type { ChannelNormalization } from '../video/wan-latents.js';
+import type { VideoStep } from '../video/protocol.js';
+import { runSteps } from '../video/step-run.js';
 
 export interface ModelSpec {
   name: string;
@@ -26,6 +29,8 @@ export interface ModelSpec {
 export interface Payload {
   tensor: LatentTensor;
   fetch: OutputName[];
+  /** A streaming video decoder's step (src/video/decoder.ts): one stream's latent frame. */
+  step?: VideoStep;
 }
 
 export interface BatchResult extends RunResult {
@@ -74,8 +79,10 @@ export class ServedModel implements ModelLimits {
   readonly shiftFactor: number;
   readonly maxLatentSide: number;
   readonly factorsGuessed: boolean;
-  /** Per-channel statistics of the denoiser's space (FLUX.2), when the model states them. */
+  /** Per-channel statistics of the denoiser's space (FLUX.2, Wan), when the model states them. */
   readonly stats?: ChannelStats;
+  /** A video model's per-channel latents_mean/latents_std (Wan), as stated: src/video/ de-normalises with them. */
+  readonly normalization: ChannelNormalization | undefined;
   private readonly fixedSide: [number | string, number | string];
   private constructor(readonly spec: ModelSpec, readonly runners: InferenceRunner[], cfg: Config, onBatch?: BatchListener) {
     const io = runners[0]!.io;
@@ -83,10 +90,17 @@ export class ServedModel implements ModelLimits {
     this.scalingFactor = factors.scalingFactor;
     this.shiftFactor = factors.shiftFactor;
     this.factorsGuessed = factors.guessed;
-    const stats = channelStats(statsConfig(spec.file, io.metadata), io.channels, `model ${spec.name}`);
+    const stated = statsConfig(spec.file, io.metadata);
+    const stats = channelStats(stated, io.channels, `model ${spec.name}`);
     if (stats) this.stats = stats;
     this.maxLatentSide = cfg.maxLatentSide;
-    this.fixedSide = [io.inputShape[2]!, io.inputShape[3]!];
+    this.fixedSide = [io.inputShape.at(-2)!, io.inputShape.at(-1)!];
+    if (stats && io.inputShape.length === 5 && stats.patch !== 1) {
+      throw new Error(`model ${spec.name}: a video model's latentsMean and latentsStd are per latent channel (${io.channels} each); patchSize does not apply`);
+    }
+    this.normalization = stats && io.inputShape.length === 5
+      ? { latentsMean: stated.latentsMean ?? Array.from(stats.mean), latentsStd: stated.latentsStd ?? Array.from(stats.std) }
+      : undefined;
     const fixedBatch = typeof io.inputShape[0] === 'number' ? io.inputShape[0] : Infinity;
     this.batcher = new Batcher<Payload, BatchResult>((b) => this.runBatch(b), {
       maxBatchSize: Math.min(cfg.maxBatchSize, fixedBatch),
@@ -110,7 +124,13 @@ export class ServedModel implements ModelLimits {
       await Promise.all(runners.map((r) => r.close()));
       throw failed.reason;
     }
-    const m = new ServedModel(spec, runners, cfg, onBatch);
+    let m: ServedModel;
+    try {
+      m = new ServedModel(spec, runners, cfg, onBatch);
+    } catch (e) {
+      await Promise.all(runners.map((r) => r.close()));
+      throw e;
+    }
     if (m.factorsGuessed) {
       log.warn({ model: m.name, channels: m.channels, scalingFactor: m.scalingFactor, shiftFactor: m.shiftFactor },
         `model ${m.name} does not say its scaling factor; guessing from its ${m.channels} channels (set scalingFactor and shiftFactor in its config.json)`);
@@ -126,6 +146,8 @@ export class ServedModel implements ModelLimits {
   /** Every instance loaded and running (none restarting). */
   get healthy(): boolean { return this.runners.every((r) => r.healthy); }
   get channels(): number { return this.io.channels; }
+  /** A streaming video decoder (one latent frame per run, src/video/), not an image decoder. */
+  get isVideo(): boolean { return this.io.inputShape.length === 5; }
   get precision(): string { return this.spec.file.precision ?? (this.io.inputType === 'float16' ? 'fp16' : 'fp32'); }
   /** The model family (sd1, sdxl, taesd, ...) when config.json or the ONNX metadata names one. */
   get family(): string | undefined { return this.spec.file.family ?? (this.io.metadata.family || undefined); }
@@ -173,7 +195,16 @@ export class ServedModel implements ModelLimits {
   }
 
   private async runBatch(batch: Batch<Payload>): Promise<BatchResult> {
-    const [, c, h, w] = batch.slices[0]!.payload.tensor.shape;
+    const { step, tensor: first } = batch.slices[0]!.payload;
+    if (step) {
+      const steps = batch.slices.map(({ payload: p }) => ({ data: p.tensor.data, dims: p.tensor.shape, step: p.step!, fetch: p.fetch }));
+      try {
+        return { ...(await runSteps(this.runners[step.instance]!, steps)), sampleCount: batch.sampleCount };
+      } catch (e) {
+        throw new ServiceError('INFERENCE_FAILED', `model ${this.name} failed on a video step of ${steps.length} stream(s) of ${first.shape.join('x')}: ${(e as Error).message}`, { cause: e });
+      }
+    }
+    const [, c, h, w] = first.shape;
     const per = c * h * w;
     const data = new Float32Array(batch.sampleCount * per);
     const fetch = new Set<OutputName>();
