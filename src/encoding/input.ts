@@ -6,9 +6,8 @@ import { ServiceError } from '../errors.js';
 import { decodeImage, describeBytes, readImageHeader, sniffImage, type ImageHeader } from '../images/read.js';
 import { scanJsonBody } from '../latents/json-body.js';
 import type { Raw } from '../latents/options.js';
-import { NPY_TYPES, RAW_TYPES } from '../latents/parse.js';
-import { BYTES_PER_ELEMENT, toFloat32, type WireDtype } from '../tensor/dtype.js';
-import { parseNpyHeader } from '../tensor/npy.js';
+import { NPY_TYPES, RAW_TYPES, readNpyRequest } from '../latents/parse.js';
+import { BYTES_PER_ELEMENT, toFloat32 } from '../tensor/dtype.js';
 import { parseEncodeOptions, rejectEncodeQueryOptions, type EncodeOptions } from './options.js';
 
 export type EncodeBodyKind = 'image' | 'raw' | 'npy' | 'json';
@@ -62,16 +61,8 @@ export async function readEncodeBody(kind: EncodeBodyKind, body: Buffer | undefi
     return tensorInput(options, json.byteLength, () => json.latents(), limits(options));
   }
   if (kind === 'npy') {
-    let header;
-    try {
-      header = parseNpyHeader(body, 'the .npy body');
-    } catch (e) {
-      throw new ServiceError('BAD_NPY', (e as Error).message);
-    }
-    const dtype: WireDtype | undefined = header.dtype === '<f4' ? 'float32' : header.dtype === '<f2' ? 'float16' : undefined;
-    if (!dtype) throw new ServiceError('BAD_NPY', `the .npy body holds ${header.dtype}; send little-endian float32 (<f4) or float16 (<f2)`);
+    const { header, dtype, data } = readNpyRequest(body);
     const options = parseEncodeOptions({ ...query, shape: header.shape, dtype });
-    const data = body.subarray(header.dataStart);
     return tensorInput(options, data.byteLength, () => Promise.resolve(data), limits(options));
   }
   const options = parseEncodeOptions(query);

@@ -99,15 +99,24 @@ export function readBody(kind: BodyKind, body: Buffer | undefined, query: Record
 /** The .npy dtypes a body may hold (numpy has no bfloat16: send it raw or as JSON). */
 const NPY_WIRE_DTYPES: Partial<Record<NpyDtype, WireDtype>> = { '<f4': 'float32', '<f2': 'float16' };
 
-function readNpyBody(buf: Buffer, query: Record<string, unknown>): WireLatents {
+/**
+ * A .npy request body's header, with the wire dtype its `descr` names (`<f4` float32, `<f2`
+ * float16) and its data (a view of `buf` from the header's end, at any byte offset).
+ * @throws ServiceError BAD_NPY naming the problem: a bad header, another dtype, an empty shape
+ */
+export function readNpyRequest(buf: Buffer): { header: NpyHeader; dtype: WireDtype; data: Buffer } {
   let header: NpyHeader;
   try {
     header = parseNpyHeader(buf, 'the .npy body', Object.keys(NPY_WIRE_DTYPES) as NpyDtype[]);
   } catch (e) {
     throw new ServiceError('BAD_NPY', (e as Error).message);
   }
-  const dtype = NPY_WIRE_DTYPES[header.dtype]!;
   if (header.shape.length === 0) throw new ServiceError('BAD_NPY', 'the .npy body has an empty shape');
+  return { header, dtype: NPY_WIRE_DTYPES[header.dtype]!, data: buf.subarray(header.dataStart) };
+}
+
+function readNpyBody(buf: Buffer, query: Record<string, unknown>): WireLatents {
+  const { header, dtype, data } = readNpyRequest(buf);
   // The header decides shape and dtype; the same option in the query string must agree with it.
   const fromQuery = parseOptions(query);
   if (query.shape !== undefined && fromQuery.shape?.join(',') !== header.shape.join(',')) {
@@ -117,7 +126,6 @@ function readNpyBody(buf: Buffer, query: Record<string, unknown>): WireLatents {
     throw new ServiceError('BAD_PARAMETER', `dtype=${fromQuery.dtype} in the query string disagrees with the .npy header's ${header.dtype} (${dtype}): leave it out`);
   }
   const options = parseOptions({ ...query, shape: header.shape, dtype });
-  const data = buf.subarray(header.dataStart);
   return { options, byteLength: data.byteLength, bytes: () => Promise.resolve(data) };
 }
 

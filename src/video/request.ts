@@ -7,9 +7,8 @@ import { toDecoderSpace } from '../latents/fuse.js';
 import { scanJsonBody } from '../latents/json-body.js';
 import { channelFactors, type ChannelNormalization } from './wan-latents.js';
 import { rejectQueryOptions } from '../latents/options.js';
-import { planLatents, type BodyKind, type LatentPlan, type ModelLimits, type WireLatents } from '../latents/parse.js';
-import { BYTES_PER_ELEMENT, type WireDtype } from '../tensor/dtype.js';
-import { parseNpyHeader } from '../tensor/npy.js';
+import { planLatents, readNpyRequest, type BodyKind, type LatentPlan, type ModelLimits, type WireLatents } from '../latents/parse.js';
+import { BYTES_PER_ELEMENT } from '../tensor/dtype.js';
 import type { VideoTensor } from './decoder.js';
 import { parseVideoOptions, type VideoOptions } from './options.js';
 
@@ -43,16 +42,8 @@ export function readVideoBody(kind: BodyKind, body: Buffer | undefined, query: R
     rejectQueryOptions(query, json.fields);
     return { options: parseVideoOptions(json.fields, 'json'), byteLength: json.byteLength, bytes: () => json.latents() };
   }
-  let header;
-  try {
-    header = parseNpyHeader(body, 'the .npy body');
-  } catch (e) {
-    throw new ServiceError('BAD_NPY', (e as Error).message);
-  }
-  const dtype: WireDtype | undefined = header.dtype === '<f4' ? 'float32' : header.dtype === '<f2' ? 'float16' : undefined;
-  if (!dtype) throw new ServiceError('BAD_NPY', `the .npy body holds ${header.dtype}; send little-endian float32 (<f4) or float16 (<f2)`);
+  const { header, dtype, data } = readNpyRequest(body);
   if (query.shape !== undefined || query.dtype !== undefined) throw new ServiceError('BAD_PARAMETER', 'with a .npy body the header gives shape and dtype: leave them out of the query string');
-  const data = body.subarray(header.dataStart);
   return { options: parseVideoOptions({ ...query, shape: header.shape, dtype }), byteLength: data.byteLength, bytes: () => Promise.resolve(data) };
 }
 
