@@ -2,8 +2,7 @@
 // batcher (queue), the inference worker (infer), images/encode (encode); this file wires them to
 // the request, its deadline and its connection.
 import { errorCodes, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
-import { CancelledError, DeadlineError } from '../batching/batcher.js';
-import { ServiceError, toServiceError } from '../errors.js';
+import { ServiceError } from '../errors.js';
 import { CONTENT_TYPES, encodeImage } from '../images/encode.js';
 import type { OutputName } from '../inference/protocol.js';
 import { toDecoderSpace } from '../latents/fuse.js';
@@ -14,7 +13,7 @@ import { decodeSchema, documentOnly } from '../schemas.js';
 import type { ModelRegistry } from '../serving/registry.js';
 import type { DecodeTicket, ServedModel } from '../serving/served-model.js';
 import { decodeTiled, queueDemand, tilingFor } from '../serving/tiled.js';
-import { DISCARD_AT_MOST, registryOf, requestDeadlines, reservations, serverTiming } from './request.js';
+import { inRequestScope, refusedBeforeBody, registryOf, requestDeadlines, reservations, serverTiming } from './request.js';
 import { videoDemand } from '../video/decoder.js';
 import { shape5Of } from '../video/options.js';
 import { decodeVideoRequest, precheckVideo, requestedModel, routesToVideo } from '../video/route.js';
@@ -77,12 +76,7 @@ export default async function decodeRoutes(app: FastifyInstance): Promise<void> 
       // A shape only the body says: hold room for one sample until it is read.
       admit(req, reply, model, shape ? queueDemand(shape, tilingFor(shape, opts, cfg)) : { demands: [{ sampleCount: 1 }], wording: {} });
     } catch (e) {
-      // Fastify's body-limit error stays itself: the app's error handler words it.
-      const err = e instanceof errorCodes.FST_ERR_CTP_BODY_TOO_LARGE ? e : toServiceError(e);
-      // Closing the connection: Node would otherwise read the unread body to its
-      // end. A small body costs less to read and discard than the client's reconnection.
-      if (Number(req.headers['content-length'] ?? Infinity) > DISCARD_AT_MOST) reply.header('connection', 'close');
-      throw err;
+      throw refusedBeforeBody(e, req, reply);
     }
   }
 
@@ -99,24 +93,14 @@ export default async function decodeRoutes(app: FastifyInstance): Promise<void> 
     const timings = note.timings;
     const registry = registryOf(host);
 
-    const controller = new AbortController();
-    const onClose = (): void => {
-      if (!reply.raw.writableFinished) controller.abort(new CancelledError('the client closed the connection'));
-    };
-    reply.raw.once('close', onClose);
-    let timer: NodeJS.Timeout | undefined;
-    host.inflight++;
-    try {
-      const deadline = deadlineOf(req, reply);
-      if (start >= deadline) throw new DeadlineError('the request\'s deadline passed while its body was being received');
-      timer = setTimeout(() => controller.abort(new DeadlineError('the request did not finish before its deadline')), deadline - performance.now());
+    return inRequestScope(host, reply, start, deadlineOf(req, reply), () => release(req), async ({ deadline, signal }) => {
 
       const kind = bodyKind(req.headers['content-type']);
       const target = modelOf(registry, requestedModel(kind, req.body as Buffer | undefined, req.query as Record<string, unknown>));
       if (routesToVideo(target, kind, req.body as Buffer | undefined, req.query as Record<string, unknown>)) {
         note.model = target.name;
         const admitVideo = (demand: ReturnType<typeof videoDemand>): DecodeTicket => admit(req, reply, target, demand);
-        return await decodeVideoRequest(req, reply, target, { cfg, deadline, signal: controller.signal, note, admit: admitVideo });
+        return await decodeVideoRequest(req, reply, target, { cfg, deadline, signal: signal, note, admit: admitVideo });
       }
       const wire = readBody(kind, req.body as Buffer | undefined, req.query as Record<string, unknown>);
       const opts = wire.options;
@@ -132,14 +116,14 @@ export default async function decodeRoutes(app: FastifyInstance): Promise<void> 
 
       const wantsFloat = opts.outputType === 'tensor' && !opts.partialPostprocess;
       const fetch: OutputName[] = [wantsFloat ? 'sample' : 'image'];
-      const run = { ticket, deadline, signal: controller.signal };
+      const run = { ticket, deadline, signal: signal };
       const decoded = tiling
         ? await decodeTiled(model, tensor, tiling, fetch, { ...run, maxBatchSize: cfg.maxBatchSize, maxBatchLatentPixels: cfg.maxBatchLatentPixels })
         : await model.decode(tensor, fetch, run);
       timings.queue = decoded.queueMs;
       timings.infer = decoded.runMs;
       // Dropped before encoding: nobody would read the image.
-      if (controller.signal.aborted) throw controller.signal.reason;
+      if (signal.aborted) throw signal.reason;
 
       const t = performance.now();
       if (opts.outputType === 'tensor') {
@@ -161,14 +145,7 @@ export default async function decodeRoutes(app: FastifyInstance): Promise<void> 
       note.format = format;
       if (images.length === 1) return reply.type(CONTENT_TYPES[format]).send(images[0]);
       return { images: images.map((b) => ({ contentType: CONTENT_TYPES[format], data: b.toString('base64') })) };
-    } catch (e) {
-      throw toServiceError(e);
-    } finally {
-      clearTimeout(timer);
-      reply.raw.off('close', onClose);
-      release(req);
-      host.inflight--;
-    }
+    });
   });
 }
 

@@ -3,8 +3,7 @@
 // encoding/latents-out (encode: the latents into the answer's space, order and dtype).
 import { errorCodes, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import type { Demand, ReserveWording } from '../batching/batcher.js';
-import { CancelledError, DeadlineError } from '../batching/batcher.js';
-import { ServiceError, toServiceError } from '../errors.js';
+import { ServiceError } from '../errors.js';
 import { encodeBodyKind, readEncodeBody, type EncodeLimits } from '../encoding/input.js';
 import { writeLatents, type LatentsOut } from '../encoding/latents-out.js';
 import { parseEncodeOptions, type EncodeOptions } from '../encoding/options.js';
@@ -16,7 +15,7 @@ import { encodeDemand, VAE_SCALE_FACTOR, type EncodeTicket, type ServedEncoder }
 import { tilingFor, type TileSettings } from '../serving/tiled.js';
 import { BYTES_PER_ELEMENT } from '../tensor/dtype.js';
 import { encodeNpy } from '../tensor/npy.js';
-import { DISCARD_AT_MOST, registryOf, requestDeadlines, reservations, serverTiming } from './request.js';
+import { inRequestScope, refusedBeforeBody, registryOf, requestDeadlines, reservations, serverTiming } from './request.js';
 
 /** Sides are multiples of 16 when the answer is packed or the model's space is patchified (FLUX.2), else 8. */
 function limitsFor(enc: ServedEncoder, o: EncodeOptions, maxImagePixels: number, maxLatentSide: number): EncodeLimits {
@@ -68,9 +67,7 @@ export default async function encodeRoutes(app: FastifyInstance): Promise<void> 
       const shape = s && s.length === 4 && s[2]! % VAE_SCALE_FACTOR === 0 && s[3]! % VAE_SCALE_FACTOR === 0 ? s : undefined;
       admit(req, reply, enc, shape ? demandOf(shape, tiling(shape, opts)) : { demands: [{ sampleCount: 1 }], wording: {} });
     } catch (e) {
-      const err = e instanceof errorCodes.FST_ERR_CTP_BODY_TOO_LARGE ? e : toServiceError(e);
-      if (Number(req.headers['content-length'] ?? Infinity) > DISCARD_AT_MOST) reply.header('connection', 'close');
-      throw err;
+      throw refusedBeforeBody(e, req, reply);
     }
   }
 
@@ -87,17 +84,7 @@ export default async function encodeRoutes(app: FastifyInstance): Promise<void> 
     note.direction = 'encode';
     const timings = note.timings;
     const registry = registryOf(host);
-    const controller = new AbortController();
-    const onClose = (): void => {
-      if (!reply.raw.writableFinished) controller.abort(new CancelledError('the client closed the connection'));
-    };
-    reply.raw.once('close', onClose);
-    let timer: NodeJS.Timeout | undefined;
-    host.inflight++;
-    try {
-      const deadline = deadlineOf(req, reply);
-      if (start >= deadline) throw new DeadlineError('the request\'s deadline passed while its body was being received');
-      timer = setTimeout(() => controller.abort(new DeadlineError('the request did not finish before its deadline')), deadline - performance.now());
+    return inRequestScope(host, reply, start, deadlineOf(req, reply), () => release(req), async ({ deadline, signal }) => {
       const kind = encodeBodyKind(req.headers['content-type']);
       const query = req.query as Record<string, Raw>;
       // the model, named by the options (a JSON body's among its fields), decides the factor (16 for FLUX.2's patches)
@@ -120,13 +107,13 @@ export default async function encodeRoutes(app: FastifyInstance): Promise<void> 
       timings.parse = performance.now() - start;
 
       const sample = opts.sampleMode === 'sample' && model.hasStd;
-      const run = { ticket, deadline, signal: controller.signal, std: sample };
+      const run = { ticket, deadline, signal: signal, std: sample };
       const res = tiles
         ? await encodeTiled(model, pixels, input.shape, tiles, { ...run, maxBatchSize: cfg.maxBatchSize, maxBatchLatentPixels: cfg.maxBatchLatentPixels })
         : await model.encode(pixels, input.shape, run);
       timings.queue = res.queueMs;
       timings.infer = res.runMs;
-      if (controller.signal.aborted) throw controller.signal.reason;
+      if (signal.aborted) throw signal.reason;
 
       const t = performance.now();
       const stats = opts.doScaling && opts.scalingFactor === undefined && opts.shiftFactor === undefined ? model.stats : undefined;
@@ -144,14 +131,7 @@ export default async function encodeRoutes(app: FastifyInstance): Promise<void> 
       reply.header('server-timing', serverTiming(timings, reply));
       note.format = 'tensor';
       return body;
-    } catch (e) {
-      throw toServiceError(e);
-    } finally {
-      clearTimeout(timer);
-      reply.raw.off('close', onClose);
-      release(req);
-      host.inflight--;
-    }
+    });
   });
 }
 

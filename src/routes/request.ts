@@ -1,14 +1,62 @@
-// What /decode and /encode share about a request, HTTP only: its deadline (from its arrival), its
+// What /decode and /encode share about a request, HTTP only: its deadline (from its arrival) and cancellation, its
 // reservation in a model's queue (held from before the body until the response has gone), the
 // registry it may use, and the Server-Timing header of its answer.
-import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
-import type { Demand, ReserveWording } from '../batching/batcher.js';
-import { ServiceError } from '../errors.js';
+import { errorCodes, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
+import { CancelledError, DeadlineError, type Demand, type ReserveWording } from '../batching/batcher.js';
+import { ServiceError, toServiceError } from '../errors.js';
 import type { ModelHost } from '../plugins/models.js';
 import type { StageTimings } from '../plugins/metrics.js';
 
 /** Bytes of a refused request's unread body worth reading and discarding to keep its connection open. */
 export const DISCARD_AT_MOST = 64 * 1024;
+
+/**
+ * A refusal found before the body is read, ready to throw: Fastify's body-limit error stays itself
+ * (the app's error handler words it), anything else becomes a ServiceError. A body over
+ * DISCARD_AT_MOST is not read at all: the connection is closed (Node would otherwise read the
+ * unread body to its end; a small one costs less to read and discard than the client's reconnection).
+ */
+export function refusedBeforeBody(e: unknown, req: FastifyRequest, reply: FastifyReply): Error {
+  const err = e instanceof errorCodes.FST_ERR_CTP_BODY_TOO_LARGE ? e : toServiceError(e);
+  if (Number(req.headers['content-length'] ?? Infinity) > DISCARD_AT_MOST) reply.header('connection', 'close');
+  return err;
+}
+
+/** What a handler's work runs with: its deadline (performance.now() ms) and its cancellation. */
+export interface RequestScope {
+  deadline: number;
+  /** Aborted with CancelledError when the client closes the connection, DeadlineError at the deadline. */
+  signal: AbortSignal;
+}
+
+/**
+ * Runs a handler's work in its request's scope: counted in flight (the drain waits for it), its
+ * signal wired to the connection and the deadline, its errors turned into ServiceErrors; the
+ * timer, the listener and the request's queue reservation (`release`) are let go however it ends.
+ * @param start performance.now() when the handler began (after the body was read)
+ * @throws DeadlineError (as a ServiceError) when the deadline passed while the body was received
+ */
+export async function inRequestScope<T>(host: ModelHost, reply: FastifyReply, start: number, deadline: number, release: () => void, work: (scope: RequestScope) => Promise<T>): Promise<T> {
+  const controller = new AbortController();
+  const onClose = (): void => {
+    if (!reply.raw.writableFinished) controller.abort(new CancelledError('the client closed the connection'));
+  };
+  reply.raw.once('close', onClose);
+  let timer: NodeJS.Timeout | undefined;
+  host.inflight++;
+  try {
+    if (start >= deadline) throw new DeadlineError('the request\'s deadline passed while its body was being received');
+    timer = setTimeout(() => controller.abort(new DeadlineError('the request did not finish before its deadline')), deadline - performance.now());
+    return await work({ deadline, signal: controller.signal });
+  } catch (e) {
+    throw toServiceError(e);
+  } finally {
+    clearTimeout(timer);
+    reply.raw.off('close', onClose);
+    release();
+    host.inflight--;
+  }
+}
 
 /** The request's time budget, ms: X-Request-Timeout-Ms shortens REQUEST_TIMEOUT_MS, never lengthens it. */
 export function timeoutMs(req: FastifyRequest, max: number): number {
