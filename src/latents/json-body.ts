@@ -74,8 +74,21 @@ function valueEnd(b: Buffer, i: number, limit: number): number {
 const tooBig = (): ServiceError => new ServiceError('BAD_JSON',
   `the JSON body's fields other than "latents" take more than ${MAX_JSON_FIELDS_BYTES} bytes: send the tensor as the base64 "latents" string and only small options beside it`);
 
-/** Splits the body into the latents string (not parsed) and the other fields (parsed). */
+/** Each body's scan: /decode asks for a JSON body's model, then its shape, then its latents. */
+const scans = new WeakMap<Buffer, JsonBody>();
+
+/**
+ * Splits the body into the latents string (not parsed) and the other fields (parsed), once per
+ * body buffer (the result depends on the bytes only; `latents()` decodes afresh on each call).
+ * @throws ServiceError BAD_JSON, BAD_BASE64, BAD_PARAMETER, EMPTY_BODY naming the problem
+ */
 export function scanJsonBody(b: Buffer): JsonBody {
+  let scanned = scans.get(b);
+  if (!scanned) scans.set(b, (scanned = scan(b)));
+  return scanned;
+}
+
+function scan(b: Buffer): JsonBody {
   let i = skipWs(b, 0);
   if (b[i] !== 0x7b) {
     throw new ServiceError('BAD_JSON', `the JSON body must be an object like {"latents": "<base64>", "shape": [1, 4, 64, 64]}, not ${b[i] === 0x5b ? 'an array' : 'this'} (byte ${i})`);
