@@ -43,12 +43,13 @@ export function evaluate(r: BenchResult): Target[] {
     let worst = Infinity;
     for (const m of measured) {
       const raw = rawAt(m, maxBatch);
-      if (!raw) continue;
+      const best = bestRaw(m, maxBatch);
+      if (!raw || !best) continue;
       for (const p of main(m).filter((p) => p.concurrency >= maxBatch)) {
-        const ratio = p.imagesPerSec / raw.imagesPerSec;
+        // against the best raw batch size: the service may batch differently (on a CPU, not at all)
+        const ratio = p.imagesPerSec / best.imagesPerSec;
         worst = Math.min(worst, ratio);
-        const best = bestRaw(m, maxBatch);
-        rows.push(`${m.key} ${p.format} c=${p.concurrency}: ${f2(ratio)}` + (best && best.batch !== raw.batch ? ` (${f2(p.imagesPerSec / best.imagesPerSec)} vs best raw, batch ${best.batch})` : ''));
+        rows.push(`${m.key} ${p.format} c=${p.concurrency}: ${f2(ratio)} (raw batch ${best.batch})` + (best.batch !== raw.batch ? `, ${f2(p.imagesPerSec / raw.imagesPerSec)} vs raw batch ${raw.batch}` : ''));
         if (ratio < 0.95) {
           // where the gap is: batching (fewer samples per run) or slower runs (contention)
           const perSampleSvc = p.stages.infer.p50 / Math.max(p.meanBatch.value, 1e-9);
@@ -62,8 +63,8 @@ export function evaluate(r: BenchResult): Target[] {
       }
     }
     targets.push({
-      name: 'service ≥ 0.95 × raw ORT throughput at concurrency ≥ MAX_BATCH_SIZE',
-      goal: `≥ 0.95 (raw = InferenceSession.run with the in-graph postprocess at batch ${maxBatch})`,
+      name: `service ≥ 0.95 × raw ORT throughput at concurrency ≥ ${maxBatch}`,
+      goal: `≥ 0.95 (raw = InferenceSession.run with the in-graph postprocess at its fastest batch size, 1…${maxBatch})`,
       measured: rows.join('; ') || '–',
       status: rows.length === 0 ? 'not measured' : worst >= 0.95 ? 'PASS' : 'MISS',
       why,

@@ -1,9 +1,13 @@
 // Environment → one typed, validated config object. A bad value stops the start with a message
 // that names the variable, the value and what is expected.
+import { availableParallelism } from 'node:os';
 
 export type ExecutionProvider = 'cuda' | 'cpu' | 'tensorrt' | 'dml' | 'coreml' | 'webgpu';
 const PROVIDERS: readonly ExecutionProvider[] = ['cuda', 'tensorrt', 'dml', 'coreml', 'webgpu', 'cpu'];
 const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const;
+/** OpenVINO's PERFORMANCE_HINT, for the CPU provider: how a model's sessions share the CPUs. */
+export const PERFORMANCE_HINTS = ['throughput', 'latency'] as const;
+export type PerformanceHint = (typeof PERFORMANCE_HINTS)[number];
 
 export interface Config {
   host: string;
@@ -22,6 +26,8 @@ export interface Config {
   maxQueueDelayMs: number;
   /** Sessions (worker threads) per model, sharing its batcher. */
   modelInstances: number;
+  /** CPU provider: several sessions with some CPUs each (throughput) or one with all (latency); see applyPerformanceHint. */
+  performanceHint: PerformanceHint;
   maxQueueSize: number;
   requestTimeoutMs: number;
   maxLatentSide: number;
@@ -126,6 +132,10 @@ export function loadConfig(env: Env = process.env): Config {
     throw new ConfigError(`TILE_OVERLAP=${tileOverlap} leaves tiles of ${tileLatentSide} latents no stride (diffusers' int(tile·(1−overlap)) is 0): lower it`);
   }
   const maxQueueSize = int(env, 'MAX_QUEUE_SIZE', 64, 1, 1_000_000);
+  const performanceHint = (optional(env, 'PERFORMANCE_HINT') ?? 'throughput').toLowerCase();
+  if (!(PERFORMANCE_HINTS as readonly string[]).includes(performanceHint)) {
+    throw new ConfigError(`PERFORMANCE_HINT=${JSON.stringify(env.PERFORMANCE_HINT)} is not valid: expected ${PERFORMANCE_HINTS.join(' or ')}`);
+  }
   // Tiled, a 4096² px image (512² latents) costs one batch of tiles plus the image itself.
   const maxLatentSide = int(env, 'MAX_LATENT_SIDE', tileLatentSide > 0 ? 512 : maxUntiledLatentSide, 1, 1024);
   const bodyLimitBytes = int(env, 'BODY_LIMIT_BYTES', defaultBodyLimit(maxQueueSize, maxLatentSide), 1024);
@@ -141,6 +151,7 @@ export function loadConfig(env: Env = process.env): Config {
     maxBatchLatentPixels: int(env, 'MAX_BATCH_LATENT_PIXELS', maxBatchSize * 64 * 64, 1),
     maxQueueDelayMs: int(env, 'MAX_QUEUE_DELAY_MS', 0, 0, 60_000),
     modelInstances: int(env, 'MODEL_INSTANCES', 1, 1, 64),
+    performanceHint: performanceHint as PerformanceHint,
     maxQueueSize,
     requestTimeoutMs: int(env, 'REQUEST_TIMEOUT_MS', 30_000, 1, 3_600_000),
     maxLatentSide,
@@ -165,6 +176,49 @@ export function loadConfig(env: Env = process.env): Config {
     ffmpegPath: optional(env, 'FFMPEG_PATH'),
   };
   return cfg;
+}
+
+/**
+ * CPUs this process may use: CPU_LIMIT when set (the Deployment sets it from limits.cpu through the
+ * Downward API, since os.availableParallelism() counts the node's cores, not a CFS quota), else
+ * os.availableParallelism(). At least 1.
+ */
+export function cpuCount(env: Env = process.env): number {
+  const limit = Number(env.CPU_LIMIT);
+  return Number.isInteger(limit) && limit > 0 ? limit : Math.max(1, availableParallelism());
+}
+
+/**
+ * Lays out a model's ONNX Runtime sessions on the CPUs when the provider that will run them is the
+ * CPU (`provider`: the first of EXECUTION_PROVIDERS that can load here); any other provider gets
+ * `cfg` back unchanged. What is set in `env` wins. PERFORMANCE_HINT (OpenVINO's term for the same
+ * trade) decides the rest:
+ * - throughput (default), `cpus` ≥ 2: MODEL_INSTANCES 2 with cpus ÷ 2 ORT_INTRA_OP_THREADS each,
+ *   and MAX_BATCH_SIZE 1. Two sessions on their own cores do not wait at ONNX Runtime's
+ *   per-operator barriers for a thread that the event loop, sharp or the other session preempted,
+ *   and one image already fills a CPU's cores, so a batch buys nothing and a larger one falls out
+ *   of cache (raw ORT per image at batch 4–8: 0.8–0.94× batch 1's rate on the fixture). Measured on
+ *   2 cores at c = 8 (scripts/ratio.ts): 0.93–1.07× raw ORT's best, against 0.73–0.91× for one
+ *   session on both cores with batches of 8; a lone request takes ~1.7× as long.
+ *   MAX_BATCH_LATENT_PIXELS, unset, is max(64², MAX_BATCH_SIZE × 64² ÷ 2): the two runs in flight
+ *   hold at most what one batch held, and the memory sizing stays true.
+ * - latency, or one CPU: one session with every CPU, MAX_BATCH_SIZE 8: the fastest single request.
+ * - MODEL_INSTANCES set: ORT_INTRA_OP_THREADS defaults to cpus ÷ MODEL_INSTANCES.
+ * @param cpus CPUs the process may use (cpuCount()).
+ * @returns the config with modelInstances, intraOpThreads, maxBatchSize and maxBatchLatentPixels resolved
+ */
+export function applyPerformanceHint(cfg: Config, env: Env, provider: ExecutionProvider | undefined, cpus: number): Config {
+  if (provider !== 'cpu') return cfg;
+  const isSet = (name: string): boolean => optional(env, name) !== undefined;
+  const throughput = cfg.performanceHint === 'throughput' && cpus >= 2;
+  const chosen = !isSet('MODEL_INSTANCES');
+  const modelInstances = chosen ? (throughput ? 2 : 1) : cfg.modelInstances;
+  const intraOpThreads = isSet('ORT_INTRA_OP_THREADS') ? cfg.intraOpThreads : Math.max(1, Math.floor(cpus / modelInstances));
+  const maxBatchSize = throughput && !isSet('MAX_BATCH_SIZE') ? 1 : cfg.maxBatchSize;
+  const maxBatchLatentPixels = isSet('MAX_BATCH_LATENT_PIXELS')
+    ? cfg.maxBatchLatentPixels
+    : Math.max(64 * 64, Math.floor((maxBatchSize * 64 * 64) / (chosen ? modelInstances : 1)));
+  return { ...cfg, modelInstances, intraOpThreads, maxBatchSize, maxBatchLatentPixels };
 }
 
 /**

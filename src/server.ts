@@ -4,14 +4,18 @@
 // A request still unanswered at the limit gets 503. A second signal ends the process at once.
 import closeWithGrace from 'close-with-grace';
 import { buildApp } from './app.js';
-import { ConfigError, loadConfig, type Config } from './config.js';
+import { applyPerformanceHint, ConfigError, cpuCount, loadConfig, type Config } from './config.js';
+import { availableProviders } from './inference/providers.js';
 import { ServiceError } from './errors.js';
 import { createLogger } from './logger.js';
 import { PREVIEW_MODEL_NAME } from './onnx/preview.js';
 
 let cfg: Config;
+let loaded: Config;
 try {
-  cfg = loadConfig();
+  loaded = loadConfig();
+  // the CPU provider's sessions are laid out on the CPUs; what runs is the first provider that can load
+  cfg = applyPerformanceHint(loaded, process.env, availableProviders(loaded.executionProviders).usable[0], cpuCount());
 } catch (e) {
   if (!(e instanceof ConfigError)) throw e;
   process.stderr.write(`latent-decoder: configuration error: ${e.message}\n`);
@@ -19,6 +23,10 @@ try {
 }
 
 const log = createLogger(cfg.logLevel);
+if (cfg !== loaded) {
+  log.info({ performanceHint: cfg.performanceHint, modelInstances: cfg.modelInstances, intraOpThreads: cfg.intraOpThreads, maxBatchLatentPixels: cfg.maxBatchLatentPixels },
+    `CPU provider: ${cfg.modelInstances} session(s) per model × ${cfg.intraOpThreads} thread(s) (PERFORMANCE_HINT=${cfg.performanceHint})`);
+}
 const app = buildApp({ config: cfg, logger: log });
 
 /**

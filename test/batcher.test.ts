@@ -118,6 +118,40 @@ test('batcher: two instances run two batches at once, each on its own slot', asy
   await b.idle();
 });
 
+test('batcher: with two instances a batch takes its share of what waits, so both instances run', async (t) => {
+  const { b, runs, step } = setup(t, { maxQueueDelayMs: 0, maxBatchSize: 8, concurrency: 2 });
+  // one request of 7 samples reaching two idle instances: ⌈7/2⌉ on one, ⌈3/2⌉ on the other at once,
+  // the last on whichever frees first (done by 4 runs' time, as 4 + 3 would be)
+  const big = b.submit('k', { id: 'big' }, 7);
+  await step();
+  assert.deepEqual(runs.map((r) => [r.batch.slot, r.batch.sampleCount]), [[0, 4], [1, 2]]);
+  runs[1]!.resolve('r1');
+  await step();
+  assert.deepEqual([runs[2]!.batch.slot, runs[2]!.batch.sampleCount], [1, 1]);
+  runs[0]!.resolve('r0');
+  runs[2]!.resolve('r2');
+  const r = await big;
+  assert.deepEqual(r.parts.map((p) => [p.start, p.count]), [[0, 4], [4, 2], [6, 1]]);
+  // 5 single-sample requests queued while one instance is busy: the free one takes ⌈5/2⌉, not 5,
+  // so the busy one has work when it frees
+  const hold = b.submit('k', { id: 'hold' }, 1);
+  await step();
+  const rest = [1, 2, 3, 4, 5].map((i) => b.submit('k', { id: `q${i}` }, 1));
+  await step();
+  assert.equal(runs[4]!.batch.sampleCount, 3);
+  runs[3]!.resolve('r3');
+  await hold;
+  await step();
+  assert.equal(runs[5]!.batch.sampleCount, 1, 'the other instance, once free, takes its share of the 2 left');
+  runs[4]!.resolve('r4');
+  await step();
+  assert.equal(runs[6]!.batch.sampleCount, 1);
+  runs[5]!.resolve('r5');
+  runs[6]!.resolve('r6');
+  await Promise.all(rest);
+  await b.idle();
+});
+
 test('batcher: a batch is capped by cost (latent area) as well as samples; one sample over the cap runs alone', async (t) => {
   const { b, runs, step } = setup(t, { maxQueueDelayMs: 0, maxBatchSize: 8, maxBatchCost: 8 });
   void b.submit('big', { id: 'a' }, 5, { cost: 4 });

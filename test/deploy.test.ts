@@ -462,8 +462,9 @@ for (const overlay of OVERLAYS) {
       assert.doesNotMatch(data.EXECUTION_PROVIDERS ?? '', /cuda|tensorrt/, 'the cpu image has no CUDA provider');
       // a CPU limit: ONNX Runtime and the libuv pool are sized from it
       assert.ok(main.resources?.limits?.cpu !== undefined, 'cpu overlay: CPU limit');
-      // ONNX Runtime must not size its thread pool from the node's cores.
-      assert.ok(Number(data.ORT_INTRA_OP_THREADS) >= 1 && Number(data.ORT_INTRA_OP_THREADS) <= Number(main.resources?.limits?.cpu));
+      // ONNX Runtime must not size its thread pool from the node's cores: the sessions' threads fit the limit
+      const threads = Number(data.ORT_INTRA_OP_THREADS) * Number(data.MODEL_INSTANCES ?? 1);
+      assert.ok(Number(data.ORT_INTRA_OP_THREADS) >= 1 && threads <= Number(main.resources?.limits?.cpu), `${threads} threads`);
       assert.ok(!pod.tolerations?.some((x) => x.key === 'nvidia.com/gpu'));
       assert.equal(pod.nodeSelector?.['nvidia.com/gpu.present'], undefined);
     } else {

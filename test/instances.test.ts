@@ -5,7 +5,7 @@ import { mkdtempSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { test } from 'node:test';
-import { loadConfig } from '../src/config.js';
+import { applyPerformanceHint, loadConfig } from '../src/config.js';
 import { availableProviders } from '../src/inference/providers.js';
 import { warmupPlan } from '../src/inference/warmup.js';
 import { bytesOf, startService } from './helpers/service.js';
@@ -32,6 +32,31 @@ test('instances: the defaults dispatch at once (no queue delay) and cap a batch 
   assert.equal(loadConfig({ MAX_BATCH_SIZE: '4' }).maxBatchLatentPixels, 4 * 64 * 64);
   assert.deepEqual(loadConfig({ WARMUP_LATENT_SIZES: '64x64, 128x96' }).warmupLatentSizes, [[64, 64], [128, 96]]);
   assert.throws(() => loadConfig({ WARMUP_LATENT_SIZES: '64' }), /WARMUP_LATENT_SIZES="64" is not valid/);
+});
+
+test('instances: on the CPU provider PERFORMANCE_HINT lays out the sessions; what is set wins; a GPU provider is left alone', () => {
+  const layout = (env: Record<string, string>, provider: Parameters<typeof applyPerformanceHint>[2], cpus: number): object => {
+    const c = applyPerformanceHint(loadConfig(env), env, provider, cpus);
+    return { instances: c.modelInstances, threads: c.intraOpThreads, batch: c.maxBatchSize, pixels: c.maxBatchLatentPixels };
+  };
+  // throughput (the default): two sessions with half the CPUs each, one sample per run
+  assert.deepEqual(layout({}, 'cpu', 2), { instances: 2, threads: 1, batch: 1, pixels: 64 * 64 });
+  assert.deepEqual(layout({}, 'cpu', 16), { instances: 2, threads: 8, batch: 1, pixels: 64 * 64 });
+  // a batch size set: the two runs in flight hold one batch's area
+  assert.deepEqual(layout({ MAX_BATCH_SIZE: '4' }, 'cpu', 4), { instances: 2, threads: 2, batch: 4, pixels: 2 * 64 * 64 });
+  // one CPU, or latency: one session with every CPU and batches as before
+  assert.deepEqual(layout({}, 'cpu', 1), { instances: 1, threads: 1, batch: 8, pixels: 8 * 64 * 64 });
+  assert.deepEqual(layout({ PERFORMANCE_HINT: 'Latency' }, 'cpu', 4), { instances: 1, threads: 4, batch: 8, pixels: 8 * 64 * 64 });
+  // explicit settings win; MODEL_INSTANCES alone sizes the threads, not the area
+  assert.deepEqual(layout({ MODEL_INSTANCES: '4', MAX_BATCH_SIZE: '8' }, 'cpu', 8), { instances: 4, threads: 2, batch: 8, pixels: 8 * 64 * 64 });
+  assert.deepEqual(layout({ ORT_INTRA_OP_THREADS: '3' }, 'cpu', 8), { instances: 2, threads: 3, batch: 1, pixels: 64 * 64 });
+  assert.deepEqual(layout({ MAX_BATCH_LATENT_PIXELS: '9999' }, 'cpu', 2), { instances: 2, threads: 1, batch: 1, pixels: 9999 });
+  // a GPU provider (or none usable) keeps the config as loaded
+  const gpu = { instances: 1, threads: 0, batch: 8, pixels: 8 * 64 * 64 };
+  assert.deepEqual(layout({}, 'cuda', 16), gpu);
+  assert.deepEqual(layout({}, 'webgpu', 16), gpu);
+  assert.deepEqual(layout({}, undefined, 16), gpu);
+  assert.throws(() => loadConfig({ PERFORMANCE_HINT: 'fast' }), /PERFORMANCE_HINT="fast" is not valid: expected throughput or latency/);
 });
 
 test('instances: on a GPU every batch size up to MAX_BATCH_SIZE is warmed at every latent size; a CPU runs one small check', () => {

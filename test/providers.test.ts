@@ -52,11 +52,13 @@ test('providers: WebGPU warms every batch size at every latent size, as CUDA doe
 
 test('providers: EXECUTION_PROVIDERS=webgpu,cpu starts on CPU without a Dawn or ONNX Runtime error where Vulkan is absent', { skip: vulkanMissing() === null && 'this machine has Vulkan' }, async (t) => {
   const svc = await startProcess(t, ['--import', 'tsx', path.join(REPO, 'src', 'server.ts')],
-    { EXECUTION_PROVIDERS: 'webgpu,cpu', MODEL_PATH: FIXTURE_MODEL, LOG_LEVEL: 'info' }, { cwd: REPO });
+    { EXECUTION_PROVIDERS: 'webgpu,cpu', MODEL_PATH: FIXTURE_MODEL, LOG_LEVEL: 'info', CPU_LIMIT: '2' }, { cwd: REPO });
   const models = await (await fetch(`${svc.url}/v1/models`)).json() as { models: { name: string; provider: string }[] };
   assert.ok(models.models.every((m) => m.provider === 'cpu'), JSON.stringify(models));
   assert.match(svc.output(), /execution provider webgpu not installed \(the Vulkan loader libvulkan\.so\.1 is not installed.*not tried/);
   assert.doesNotMatch(svc.output(), /Couldn't load Vulkan|WebGPU adapter|did not load/, 'WebGPU was not tried');
+  // the CPU runs it, so the CPU's session layout applies (PERFORMANCE_HINT=throughput on 2 CPUs)
+  assert.match(svc.output(), /CPU provider: 2 session\(s\) per model × 1 thread\(s\) \(PERFORMANCE_HINT=throughput\)/);
   svc.child.kill('SIGTERM');
   assert.equal(await svc.exited, 0);
 });

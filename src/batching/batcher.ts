@@ -248,7 +248,8 @@ export class Batcher<P, R> {
   }
 
   /**
-   * Takes up to capacity(q) samples from the queue's head; owners[i] is slices[i]'s request. The
+   * Takes up to capacity(q) samples from the queue's head, and with k instances at most ⌈waiting / k⌉;
+   * owners[i] is slices[i]'s request. The
    * batch starts now on a free instance, so the run-time estimate judges only that run: a request
    * whose own run (its samples alone, at most a batch) cannot end before its deadline is dropped;
    * one that would make the batch too slow for a request already in it waits for the next run.
@@ -257,7 +258,10 @@ export class Batcher<P, R> {
     const batch: Batch<P> = { key: q.key, slices: [], sampleCount: 0, slot };
     const owners: Job<P, R>[] = [];
     const t = this.now();
-    const capacity = this.capacity(q);
+    // With several instances a batch takes at most its share of what waits under this key, so that
+    // one instance does not run everything while another sits idle (a CPU session gains nothing
+    // from a larger batch; two 4s finish before one 8 on two sessions).
+    const capacity = Math.min(this.capacity(q), Math.max(1, Math.ceil(q.sampleCount / this.concurrency)));
     let batchDeadline = Infinity;
     while (batch.sampleCount < capacity && q.jobs.length > 0) {
       const job = q.jobs[0]!;
