@@ -59,10 +59,10 @@ test('instances: on the CPU provider PERFORMANCE_HINT lays out the sessions; wha
   assert.throws(() => loadConfig({ PERFORMANCE_HINT: 'fast' }), /PERFORMANCE_HINT="fast" is not valid: expected throughput or latency/);
 });
 
-test('instances: on a GPU every batch size up to MAX_BATCH_SIZE is warmed at every latent size; a CPU runs one small check', () => {
+test('instances: on a GPU every batch size up to MAX_BATCH_SIZE is warmed at every latent size; a CPU runs batch 1 at each', () => {
   assert.deepEqual(warmupPlan('cuda', undefined, 3), [[1, 64, 64], [2, 64, 64], [3, 64, 64]]);
   assert.deepEqual(warmupPlan('tensorrt', [[64, 64], [128, 128]], 2), [[1, 64, 64], [2, 64, 64], [1, 128, 128], [2, 128, 128]]);
-  assert.deepEqual(warmupPlan('cpu', undefined, 8), [[1, 8, 8]]);
+  assert.deepEqual(warmupPlan('cpu', undefined, 8), [[1, 64, 64]], 'the CPU warms up at SD\'s latent size: the first shape is the one ONNX Runtime plans for');
   assert.deepEqual(warmupPlan('cpu', [[16, 16]], 8), [[1, 16, 16]]);
 });
 

@@ -16,7 +16,7 @@ export async function startProcess(t: TestContext, args: string[], env: Record<s
   const port = await freePort();
   const child = spawn(process.execPath, args, {
     cwd: opts.cwd,
-    env: { PATH: process.env.PATH ?? '', HOME: process.env.HOME ?? '', HOST: '127.0.0.1', PORT: String(port), ...env },
+    env: { PATH: process.env.PATH ?? '', HOME: process.env.HOME ?? '', HOST: '127.0.0.1', PORT: String(port), WARMUP_LATENT_SIZES: '8x8', ...env },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   let out = '';

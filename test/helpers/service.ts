@@ -30,6 +30,8 @@ export async function startService(t: TestContext, env: Record<string, string> =
     MODELS_DIR: tempDir(t),
     EXECUTION_PROVIDERS: 'cpu',
     LOG_LEVEL: 'silent',
+    // one 8×8 check instead of the CPU's 64×64 warm-up: tests start hundreds of models
+    WARMUP_LATENT_SIZES: '8x8',
     ...env,
   });
   const log = pino({ level: 'silent' });
