@@ -152,6 +152,24 @@ test('batcher: with two instances a batch takes its share of what waits, so both
   await b.idle();
 });
 
+test('batcher: a request split across two instances reports the wall time its runs cover, not their sum', async (t) => {
+  const { b, runs, step } = setup(t, { maxQueueDelayMs: 0, maxBatchSize: 1, concurrency: 2 });
+  const req = b.submit('k', { id: 'r' }, 4);
+  await step();
+  assert.equal(runs.length, 2, 'two runs at once');
+  await step(100);
+  runs[0]!.resolve('a');
+  runs[1]!.resolve('b');
+  await step();
+  assert.equal(runs.length, 4);
+  await step(100);
+  runs[2]!.resolve('c');
+  runs[3]!.resolve('d');
+  const r = await req;
+  assert.equal(r.runMs, 200, 'two rounds of two parallel 100 ms runs take 200 ms, not 400');
+  await b.idle();
+});
+
 test('batcher: a batch is capped by cost (latent area) as well as samples; one sample over the cap runs alone', async (t) => {
   const { b, runs, step } = setup(t, { maxQueueDelayMs: 0, maxBatchSize: 8, maxBatchCost: 8 });
   void b.submit('big', { id: 'a' }, 5, { cost: 4 });

@@ -40,7 +40,8 @@ interface Job<P, R> {
   done: number; // samples with results
   enqueuedAt: number;
   startedAt?: number;
-  runMs: number;
+  /** [start, end] of each run that gave it samples: runs on several instances overlap */
+  runs: [number, number][];
   deadline: number;
   parts: Part<R>[];
   settled: boolean;
@@ -141,7 +142,7 @@ export class Batcher<P, R> {
     const { signal } = opts;
     return new Promise<JobResult<R>>((resolve, reject) => {
       const job: Job<P, R> = {
-        payload, sampleCount, unitCost, next: 0, done: 0, enqueuedAt: this.now(), runMs: 0,
+        payload, sampleCount, unitCost, next: 0, done: 0, enqueuedAt: this.now(), runs: [],
         deadline: opts.deadline ?? Infinity, parts: [], settled: false, resolve, reject, cleanup: () => {},
       };
       if (signal) {
@@ -316,7 +317,7 @@ export class Batcher<P, R> {
           if (!job.settled) { // a request cancelled during the run gets nothing
             job.parts.push({ result, batchOffset: offset, start: s.start, count: s.count });
             job.done += s.count;
-            job.runMs += ms;
+            job.runs.push([t0, t0 + ms]);
             if (job.done === job.sampleCount) this.succeed(job);
           }
           offset += s.count;
@@ -336,7 +337,7 @@ export class Batcher<P, R> {
     this.unsettled.delete(job);
     job.cleanup();
     job.parts.sort((a, b) => a.start - b.start);
-    job.resolve({ parts: job.parts, queueMs: (job.startedAt ?? job.enqueuedAt) - job.enqueuedAt, runMs: job.runMs });
+    job.resolve({ parts: job.parts, queueMs: (job.startedAt ?? job.enqueuedAt) - job.enqueuedAt, runMs: coveredMs(job.runs) });
   }
 
   private fail(job: Job<P, R>, err: unknown): void {
@@ -370,4 +371,19 @@ export class Batcher<P, R> {
     this.idleWaiters = [];
     for (const w of waiters) w();
   }
+}
+
+/**
+ * Wall time covered by a request's runs: two of its parts running at once on two instances count
+ * once, so that Server-Timing's `total − infer − encode` stays the service's own overhead.
+ */
+function coveredMs(runs: [number, number][]): number {
+  let ms = 0;
+  let end = -Infinity;
+  for (const [a, b] of [...runs].sort((x, y) => x[0] - y[0])) {
+    if (b <= end) continue;
+    ms += b - Math.max(a, end);
+    end = b;
+  }
+  return ms;
 }

@@ -41,6 +41,7 @@ export interface JobResult<R> {
   /** In request order, covering all its samples. */
   parts: Part<R>[];
   queueMs: number;
+  /** Wall time its runs cover (runs on several instances at once count once). */
   runMs: number;
 }
 
