@@ -170,6 +170,22 @@ test('batcher: a request split across two instances reports the wall time its ru
   await b.idle();
 });
 
+test('batcher: with MAX_QUEUE_DELAY_MS, the rest of a request split by the per-instance share runs on a free instance at once', async (t) => {
+  const { b, runs, step } = setup(t, { maxQueueDelayMs: 50, maxBatchSize: 8, concurrency: 2 });
+  // a full batch's worth reaches two idle instances: its share on one, the rest on the other now,
+  // not 50 ms later
+  const req = b.submit('k', { id: 'a' }, 8);
+  await step();
+  assert.deepEqual(runs.map((r) => r.batch.sampleCount), [4, 2]);
+  runs.forEach((r) => r.resolve('x'));
+  await step();
+  assert.deepEqual(runs.slice(2).map((r) => r.batch.sampleCount), [1, 1], 'what is left runs as soon as the instances free');
+  runs[2]!.resolve('y');
+  runs[3]!.resolve('z');
+  await req;
+  await b.idle();
+});
+
 test('batcher: a batch is capped by cost (latent area) as well as samples; one sample over the cap runs alone', async (t) => {
   const { b, runs, step } = setup(t, { maxQueueDelayMs: 0, maxBatchSize: 8, maxBatchCost: 8 });
   void b.submit('big', { id: 'a' }, 5, { cost: 4 });

@@ -226,7 +226,8 @@ export class Batcher<P, R> {
     for (const q of this.queues.values()) {
       const head = q.jobs[0];
       if (!head) continue;
-      const readyAt = q.sampleCount >= this.capacity(q) ? -Infinity : head.enqueuedAt + this.opts.maxQueueDelayMs;
+      // a request already split (a full batch's share ran, the rest waits) does not wait again
+      const readyAt = q.sampleCount >= this.capacity(q) || head.next > 0 ? -Infinity : head.enqueuedAt + this.opts.maxQueueDelayMs;
       if (readyAt <= t) {
         if (!best || head.enqueuedAt < best.jobs[0]!.enqueuedAt) best = q;
       } else {
