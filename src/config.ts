@@ -198,8 +198,8 @@ export function cpuCount(env: Env = process.env): number {
  *   per-operator barriers for a thread that the event loop, sharp or the other session preempted,
  *   and one image already fills a CPU's cores, so a batch buys nothing and a larger one falls out
  *   of cache (raw ORT per image at batch 4–8: 0.8–0.94× batch 1's rate on the fixture). Measured on
- *   2 cores at c = 8 (scripts/ratio.ts): 0.93–1.07× raw ORT's best, against 0.73–0.91× for one
- *   session on both cores with batches of 8; a lone request takes ~1.7× as long.
+ *   2 cores (scripts/ratio.ts, 14 rounds at 128²–512²): 0.87–1.14× raw ORT's best, against
+ *   0.78–0.96× for one session on both cores with batches of 8; a lone request takes ~1.7–1.9× as long.
  *   MAX_BATCH_LATENT_PIXELS, unset, is max(64², MAX_BATCH_SIZE × 64² ÷ 2): the two runs in flight
  *   hold at most what one batch held, and the memory sizing stays true.
  * - latency, or one CPU: one session with every CPU, MAX_BATCH_SIZE 8: the fastest single request.
