@@ -7,14 +7,13 @@
 //     [--batches 1,4,8] [--format jpeg] [--variant 'name:KEY=V,KEY=V'] …
 //
 // Prints one line per measurement and a table at the end (images/s, ratio to the round's best raw batch).
-import { mkdirSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { loadPhase } from '../bench/phases.js';
 import { log, ROOT, runChild, TMP, TSX, withService } from '../bench/proc.js';
 import type { RawResult } from '../bench/raw-ort.js';
 import { gaussianLatents } from '../bench/stats.js';
-import { readFileSync } from 'node:fs';
 
 const { values } = parseArgs({
   options: {
